@@ -1,0 +1,5 @@
+import sys
+
+from collapsewatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The run store: the one contract between hooks, diagnostics, dashboard and notebooks."""
