@@ -31,8 +31,14 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     colours = {"running": "green", "finished": "blue", "crashed": "red"}
     for r in runs:
         when = datetime.fromtimestamp(r.last_update).strftime("%Y-%m-%d %H:%M:%S") if r.last_update else "-"
-        table.add_row(r.name, f"[{colours.get(r.status, 'white')}]{r.status}", str(r.steps),
-                      "-" if r.last_step is None else str(r.last_step), when, str(r.alert_count))
+        table.add_row(
+            r.name,
+            f"[{colours.get(r.status, 'white')}]{r.status}",
+            str(r.steps),
+            "-" if r.last_step is None else str(r.last_step),
+            when,
+            str(r.alert_count),
+        )
     Console().print(table)
     return 0
 
@@ -46,8 +52,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     run = open_run(args.run)
     console = Console()
     console.print(f"[bold]{run.name}[/]  {run.path}")
-    console.print(f"schema version {run.meta.get('schema_version')}, status {run.status}, "
-                  f"capture {run.meta.get('capture')}, world size {run.meta.get('world_size')}")
+    console.print(
+        f"schema version {run.meta.get('schema_version')}, status {run.status}, "
+        f"capture {run.meta.get('capture')}, world size {run.meta.get('world_size')}"
+    )
     console.print(f"control tokens: {', '.join(run.control_tokens) or '-'}")
     table = Table()
     for column in ("table", "files", "rows"):
@@ -73,13 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list the runs under ROOT", description="List the runs under ROOT.")
     p.add_argument("root", metavar="ROOT")
     p.set_defaults(handler=_cmd_runs)
-    p = sub.add_parser("inspect", help="tables, row counts and schema version of a run",
-                       description="Show a run's tables, row counts, schema version and failures.")
+    p = sub.add_parser(
+        "inspect",
+        help="tables, row counts and schema version of a run",
+        description="Show a run's tables, row counts, schema version and failures.",
+    )
     p.add_argument("run", metavar="RUN")
     p.set_defaults(handler=_cmd_inspect)
     for part in _PARTS:
         try:
-            module = importlib.import_module(f"collapsewatch.{part}.cli" if part != "demo" else "collapsewatch.demo")
+            module = importlib.import_module(
+                f"collapsewatch.{part}.cli" if part != "demo" else "collapsewatch.demo"
+            )
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.startswith("collapsewatch"):
                 continue  # that part is not installed

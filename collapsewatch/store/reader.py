@@ -78,7 +78,12 @@ class Run:
         except (OSError, ValueError) as exc:
             raise RunError(f"unreadable run.json in {self.path}: {exc}") from None
         if meta is None:  # another rank got here before rank 0 wrote run.json
-            meta = {"schema_version": schema.SCHEMA_VERSION, "run": self.name, "status": "running", "control_tokens": []}
+            meta = {
+                "schema_version": schema.SCHEMA_VERSION,
+                "run": self.name,
+                "status": "running",
+                "control_tokens": [],
+            }
         if not isinstance(meta, dict):
             raise RunError(f"unreadable run.json in {self.path}: not a JSON object")
         version = meta.get("schema_version")
@@ -176,14 +181,23 @@ class Run:
                     pq.read_metadata(path)
                 except Exception as exc:
                     self._bad_files.add(path)
-                    warnings.warn(f"collapsewatch: skipping corrupt file {path}: {exc}", RuntimeWarning, stacklevel=4)
+                    warnings.warn(
+                        f"collapsewatch: skipping corrupt file {path}: {exc}", RuntimeWarning, stacklevel=4
+                    )
                     continue
                 self._checked[path] = key
             good.append(path)
         return good
 
-    def query(self, table: str, sql_tail: str = "", *, steps: Iterable[int] | None = None,
-              rank: int | None = None, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    def query(
+        self,
+        table: str,
+        sql_tail: str = "",
+        *,
+        steps: Iterable[int] | None = None,
+        rank: int | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
         """`SELECT columns FROM <table files> <sql_tail>` as pandas; empty frame when nothing is there."""
         steps = None if steps is None else list(steps)
         select = ", ".join(_quote(c) for c in columns) if columns else "*"
@@ -212,11 +226,15 @@ class Run:
         for table in schema.TABLES:
             paths = self._check_files(self.files(table))
             if paths:
-                cursor.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT * FROM {_read_parquet_sql(paths)}")
+                cursor.execute(
+                    f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT * FROM {_read_parquet_sql(paths)}"
+                )
             else:
                 empty = schema.table_schema(table, len(self.control_tokens)).empty_table()
                 cursor.register(f"_{table}_empty", empty)
-                cursor.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT *, 0::BIGINT AS rank FROM _{table}_empty")
+                cursor.execute(
+                    f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT *, 0::BIGINT AS rank FROM _{table}_empty"
+                )
         return cursor.execute(query).fetchdf()
 
     # ----- tables -----------------------------------------------------------------------------
@@ -237,17 +255,27 @@ class Run:
         wide.columns.name = None
         return wide.reset_index()
 
-    def sequences(self, steps: Iterable[int] | None = None, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    def sequences(
+        self, steps: Iterable[int] | None = None, columns: Sequence[str] | None = None
+    ) -> pd.DataFrame:
         return self.query("sequences", "ORDER BY step, rank, seq", steps=steps, columns=columns)
 
-    def tokens(self, steps: Iterable[int] | None = None, seqs: Iterable[int] | None = None,
-               columns: Sequence[str] | None = None, rank: int | None = None, decode: bool = True) -> pd.DataFrame:
+    def tokens(
+        self,
+        steps: Iterable[int] | None = None,
+        seqs: Iterable[int] | None = None,
+        columns: Sequence[str] | None = None,
+        rank: int | None = None,
+        decode: bool = True,
+    ) -> pd.DataFrame:
         """Token rows; control-token codes decoded into `p(<token>)` float32 columns."""
         tail = ""
         if seqs is not None:
             seq_list = ", ".join(str(int(s)) for s in seqs) or "NULL"
             tail = ("AND" if steps is not None else "WHERE") + f" seq IN ({seq_list})"
-        frame = self.query("tokens", tail + " ORDER BY step, rank, seq, pos", steps=steps, rank=rank, columns=columns)
+        frame = self.query(
+            "tokens", tail + " ORDER BY step, rank, seq, pos", steps=steps, rank=rank, columns=columns
+        )
         return decode_control_columns(frame, self.control_tokens) if decode else frame
 
     def alerts(self) -> pd.DataFrame:
@@ -326,7 +354,9 @@ def summarize(run: Run) -> RunSummary:
         steps.update(range(f.first_step, f.last_step + 1))
     alert_files = run._check_files(run.files("alerts"))
     alerts = sum(pq.read_metadata(p).num_rows for p in alert_files)
-    return RunSummary(run.name, run.path, run.status, len(steps), max(steps) if steps else None, run.last_update, alerts)
+    return RunSummary(
+        run.name, run.path, run.status, len(steps), max(steps) if steps else None, run.last_update, alerts
+    )
 
 
 def list_runs(root: str | os.PathLike[str]) -> list[RunSummary]:

@@ -17,6 +17,7 @@ import warnings
 import weakref
 from collections import defaultdict
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,17 @@ _COMPACT_MAX_STEPS = 500
 
 def parquet_write(table: pa.Table, path: Path) -> None:
     """Write one immutable Parquet file atomically, with the encodings the run format assumes."""
+    # Floats: byte-stream-split then zstd (dictionaries only bloat them); everything else:
+    # dictionary + RLE, which makes constant or repetitive columns (step, seq, flags) nearly free.
     float_cols = [f.name for f in table.schema if f.type in _FLOAT_TYPES]
+    other_cols = [f.name for f in table.schema if f.type not in _FLOAT_TYPES]
     tmp = path.with_name(path.name + layout.TMP_SUFFIX)
     pq.write_table(
         table,
         tmp,
         compression="zstd",
-        compression_level=3,
+        compression_level=1,
+        use_dictionary=other_cols or False,
         use_byte_stream_split=float_cols or False,
         row_group_size=1_000_000,
     )
@@ -107,6 +112,7 @@ class RunWriter:
         heartbeat_interval_s: float = 2.0,
         max_pending_bytes: int = 1 << 30,
         compact_on_close: bool = True,
+        encode_threads: int = 2,
         extra_meta: Mapping[str, Any] | None = None,
     ) -> None:
         self.run_dir = Path(root) / run_name
@@ -131,6 +137,11 @@ class RunWriter:
         self._buffers: dict[tuple[str, int], list[pa.Table]] = defaultdict(list)
         self._parts: dict[tuple[str, int], int] = {}
         self._max_buffered_step: int | None = None
+        # Parquet encoding releases the GIL: a small pool keeps up with big steps.
+        self._encoders = ThreadPoolExecutor(
+            max_workers=max(1, encode_threads), thread_name_prefix="collapsewatch-encode"
+        )
+        self._in_flight: list[Future[None]] = []
 
         # run.json and the heartbeat come first: a directory is a run as soon as a reader can see it.
         (self.run_dir / layout.HEARTBEAT_DIR).mkdir(parents=True, exist_ok=True)
@@ -144,7 +155,9 @@ class RunWriter:
 
         _Crashes.install()
         _OPEN_WRITERS.add(self)
-        self._thread = threading.Thread(target=self._run, name=f"collapsewatch-writer-{self.rank}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"collapsewatch-writer-{self.rank}", daemon=True
+        )
         self._thread.start()
 
     # ----- caller side: cheap, never raises -------------------------------------------------
@@ -155,7 +168,9 @@ class RunWriter:
         size = sum(_nbytes(v) for v in columns.values())
         if self._pending_bytes + size > self._max_pending_bytes:
             self._dropped_batches += 1
-            self._warn_once("backlog", "collapsewatch: writer backlog full, dropping a batch (training continues)")
+            self._warn_once(
+                "backlog", "collapsewatch: writer backlog full, dropping a batch (training continues)"
+            )
             return False
         with self._lock:
             self._pending_bytes += size
@@ -241,14 +256,16 @@ class RunWriter:
                 self.record_failure("bad_batch", f"could not store a {table} batch: {exc}")
                 return
             self._buffers[(table, step)].append(batch)
-            self._max_buffered_step = step if self._max_buffered_step is None else max(self._max_buffered_step, step)
+            self._max_buffered_step = (
+                step if self._max_buffered_step is None else max(self._max_buffered_step, step)
+            )
         elif kind == "flush":
             self._flush_through(item[1])
+            self._reap_encoders()
             self._write_heartbeat("running")
-        elif kind == "meta":
-            if self.rank == 0:
-                self._meta.update(item[1])
-                self._write_meta()
+        elif kind == "meta" and self.rank == 0:
+            self._meta.update(item[1])
+            self._write_meta()
 
     def _to_arrow(self, table: str, step: int, columns: Mapping[str, Any]) -> pa.Table:
         table_schema = self._schemas[table]
@@ -281,6 +298,7 @@ class RunWriter:
             self._max_buffered_step = None
 
     def _write_file(self, table: str, step: int, data: pa.Table) -> None:
+        """Name the file here (so parts never collide), encode it on the pool."""
         if data.num_rows == 0:
             return
         part = self._parts.get((table, step), 0)
@@ -288,18 +306,42 @@ class RunWriter:
         while path.exists():  # a resumed run or late rows for a step already on disk
             part += 1
             path = path.with_name(layout.step_file_name(step, part))
-        parquet_write(data, path)
         self._parts[(table, step)] = part + 1
-        self._rows_written += data.num_rows
-        self._files_written += 1
+        self._reap_encoders()
+        try:
+            self._in_flight.append(self._encoders.submit(self._encode, data, path))
+        except RuntimeError:  # interpreter shutting down (atexit close): encode here
+            self._encode(data, path)
+
+    def _encode(self, data: pa.Table, path: Path) -> None:
+        parquet_write(data, path)
+        with self._lock:
+            self._rows_written += data.num_rows
+            self._files_written += 1
+
+    def _reap_encoders(self, wait: bool = False) -> None:
+        """Collect finished encodes; an OSError from any of them turns capture off."""
+        still = []
+        for future in self._in_flight:
+            if wait or future.done():
+                exc = future.exception()
+                if isinstance(exc, OSError):
+                    self._disable(exc)
+                elif exc is not None:
+                    self.record_failure("writer_error", f"writer error: {exc!r}")
+            else:
+                still.append(future)
+        self._in_flight = still
 
     def _finish(self, status: str) -> None:
         try:
             if self.enabled:
                 self._flush_through(sys.maxsize)
-                if self._compact_on_close:
-                    for table in schema.TABLES:
-                        compact_rank(self.run_dir, table, self.rank)
+                self._reap_encoders(wait=True)
+                self._encoders.shutdown(wait=True)
+            if self.enabled and self._compact_on_close:
+                for table in schema.TABLES:
+                    compact_rank(self.run_dir, table, self.rank)
         except OSError as exc:
             self._disable(exc)
         except Exception as exc:
@@ -317,7 +359,9 @@ class RunWriter:
         self.enabled = False
         self._buffers.clear()
         self.failures["write_error"] += 1
-        self._warn_once("write_error", f"collapsewatch: cannot write the run ({exc}); capture is off, training continues")
+        self._warn_once(
+            "write_error", f"collapsewatch: cannot write the run ({exc}); capture is off, training continues"
+        )
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -383,9 +427,11 @@ def _column_length(columns: Mapping[str, Any]) -> int:
 def _to_array(values: Any, arrow_type: pa.DataType, n: int) -> pa.Array:
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
         return values.cast(arrow_type) if values.type != arrow_type else values
-    if isinstance(values, np.ndarray) and values.dtype != object:
-        if pa.types.is_floating(arrow_type) or pa.types.is_integer(arrow_type) or pa.types.is_boolean(arrow_type):
-            return pa.array(values.astype(arrow_type.to_pandas_dtype(), copy=False), type=arrow_type)
+    is_plain = (
+        pa.types.is_floating(arrow_type) or pa.types.is_integer(arrow_type) or pa.types.is_boolean(arrow_type)
+    )
+    if isinstance(values, np.ndarray) and values.dtype != object and is_plain:
+        return pa.array(values.astype(arrow_type.to_pandas_dtype(), copy=False), type=arrow_type)
     if pa.types.is_map(arrow_type):
         values = [list(v.items()) if isinstance(v, Mapping) else v for v in values]
     return pa.array(values, type=arrow_type, size=n)
@@ -406,7 +452,9 @@ def compact_rank(run_dir: Path, table: str, rank: int) -> int:
         nonlocal merged, chunk, rows
         if len(chunk) > 1:
             data = pa.concat_tables([pq.read_table(f.path) for f in chunk])
-            out = layout.table_dir(run_dir, table, rank) / layout.range_file_name(chunk[0].first_step, chunk[-1].last_step)
+            out = layout.table_dir(run_dir, table, rank) / layout.range_file_name(
+                chunk[0].first_step, chunk[-1].last_step
+            )
             parquet_write(data, out)
             for f in chunk:
                 f.path.unlink(missing_ok=True)
@@ -415,7 +463,9 @@ def compact_rank(run_dir: Path, table: str, rank: int) -> int:
 
     for f in files:
         n = pq.read_metadata(f.path).num_rows
-        if chunk and (rows + n > _COMPACT_MAX_ROWS or f.last_step - chunk[0].first_step >= _COMPACT_MAX_STEPS):
+        if chunk and (
+            rows + n > _COMPACT_MAX_ROWS or f.last_step - chunk[0].first_step >= _COMPACT_MAX_STEPS
+        ):
             emit()
         chunk.append(f)
         rows += n

@@ -37,14 +37,18 @@ def plain(value: object) -> object:
 def test_sequences_round_trip(rows: list, step: int) -> None:
     with tempfile.TemporaryDirectory() as root:
         with RunWriter(root, "r") as writer:
-            writer.write("sequences", step, {
-                "seq": np.arange(len(rows), dtype=np.int32),
-                "text": [r[0] for r in rows],
-                "turn_texts": [r[1] for r in rows],
-                "reward": [r[2] for r in rows],
-                "success": [r[3] for r in rows],
-                "reward_components": [r[4] for r in rows],
-            })
+            writer.write(
+                "sequences",
+                step,
+                {
+                    "seq": np.arange(len(rows), dtype=np.int32),
+                    "text": [r[0] for r in rows],
+                    "turn_texts": [r[1] for r in rows],
+                    "reward": [r[2] for r in rows],
+                    "success": [r[3] for r in rows],
+                    "reward_components": [r[4] for r in rows],
+                },
+            )
         back = cw.open_run(f"{root}/r").sequences()
     assert back["step"].tolist() == [step] * len(rows)
     assert [plain(t) for t in back["text"]] == [r[0] for r in rows]

@@ -70,8 +70,12 @@ def test_sigkill_mid_run_keeps_completed_steps_and_reads_as_crashed(tmp_path: Pa
     assert run.status == "crashed"
     assert sorted(run.sequences()["step"].unique()) == list(range(8))
     assert not list(tmp_path.rglob("*.tmp"))
-    out = subprocess.run([sys.executable, "-m", "collapsewatch", "runs", str(tmp_path)], capture_output=True,
-                         text=True, env={**os.environ, "COLUMNS": "200"})
+    out = subprocess.run(
+        [sys.executable, "-m", "collapsewatch", "runs", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert out.returncode == 0 and "crashed" in out.stdout
 
 
@@ -137,10 +141,14 @@ def test_stale_heartbeat_and_newer_schema(tmp_path: Path) -> None:
     beat_path = layout.heartbeat_path(tmp_path / "r", 0)
     beat = json.loads(beat_path.read_text())
     meta = json.loads((tmp_path / "r" / "run.json").read_text())
-    layout.atomic_write_json(beat_path, {**beat, "status": "running", "host": "elsewhere", "updated_at": time.time() - 999})
+    layout.atomic_write_json(
+        beat_path, {**beat, "status": "running", "host": "elsewhere", "updated_at": time.time() - 999}
+    )
     layout.atomic_write_json(tmp_path / "r" / "run.json", {**meta, "status": "running"})
     assert cw.open_run(tmp_path / "r").status == "crashed"
-    layout.atomic_write_json(tmp_path / "r" / "run.json", {**meta, "schema_version": schema.SCHEMA_VERSION + 1})
+    layout.atomic_write_json(
+        tmp_path / "r" / "run.json", {**meta, "schema_version": schema.SCHEMA_VERSION + 1}
+    )
     with pytest.raises(cw.RunError, match="upgrade collapsewatch"):
         cw.open_run(tmp_path / "r")
 
@@ -223,8 +231,12 @@ def test_cli_inspect_shows_tables(tmp_path: Path) -> None:
     with RunWriter(tmp_path, "r", control_tokens=CONTROL) as writer:
         for table, columns in step_data(0, 0).items():
             writer.write(table, 0, columns)
-    out = subprocess.run([sys.executable, "-m", "collapsewatch", "inspect", str(tmp_path / "r")],
-                         capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    out = subprocess.run(
+        [sys.executable, "-m", "collapsewatch", "inspect", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert out.returncode == 0, out.stderr
     assert "schema version 1" in out.stdout and "tokens" in out.stdout and "40" in out.stdout
 

@@ -9,7 +9,10 @@ import numpy as np
 
 from collapsewatch.store.writer import RunWriter
 
-CONTROL = [{"index": 0, "text": "<tool_call>", "token_id": 3}, {"index": 1, "text": "<|im_end|>", "token_id": 4}]
+CONTROL = [
+    {"index": 0, "text": "<tool_call>", "token_id": 3},
+    {"index": 1, "text": "<|im_end|>", "token_id": 4},
+]
 
 
 def step_data(step: int, rank: int) -> dict[str, dict]:
@@ -17,7 +20,11 @@ def step_data(step: int, rank: int) -> dict[str, dict]:
     rng = np.random.default_rng(1000 * rank + step)
     n_seq, n_tok = 3, 40
     return {
-        "steps": {"name": ["reward/mean", "loss"], "value": rng.normal(size=2), "time": np.full(2, 1.7e9 + step)},
+        "steps": {
+            "name": ["reward/mean", "loss"],
+            "value": rng.normal(size=2),
+            "time": np.full(2, 1.7e9 + step),
+        },
         "sequences": {
             "seq": np.arange(n_seq, dtype=np.int32),
             "uid": [f"{step}-{rank}-{i}" for i in range(n_seq)],
@@ -49,8 +56,14 @@ def main() -> None:
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--no-close", action="store_true", help="hang after the last step (to be killed)")
     args = parser.parse_args()
-    writer = RunWriter(args.root, args.run, rank=args.rank, world_size=args.world_size, control_tokens=CONTROL,
-                       heartbeat_interval_s=0.2)
+    writer = RunWriter(
+        args.root,
+        args.run,
+        rank=args.rank,
+        world_size=args.world_size,
+        control_tokens=CONTROL,
+        heartbeat_interval_s=0.2,
+    )
     for step in range(args.steps):
         for table, columns in step_data(step, args.rank).items():
             writer.write(table, step, columns)
