@@ -1,0 +1,166 @@
+"""`collapsewatch demo`: from zero to a diagnosed collapse in one command.
+
+Warm-starts the tiny policy (cached after the first time), trains the `collapse` and
+`interleaved` recipes side by side (one core each) with the dashboard live, then prints the
+`scan` findings of both and writes an HTML report per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+RECIPES = ("collapse", "interleaved")
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """How much to train: the full demo (<= 15 min on 2 cores) or QUICK (<= 3 min)."""
+
+    steps: int
+    seed: int
+    overrides: tuple[str, ...] = ()
+
+
+FULL = DemoPlan(steps=120, seed=0)
+QUICK = DemoPlan(steps=60, seed=0, overrides=("--quick",))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("demo", help="train a collapsing and a supervised run, watch and diagnose them",
+                              description=__doc__.splitlines()[0].split(": ", 1)[1])
+    p.add_argument("--out", default="demo-out", metavar="ROOT", help="folder for the runs and reports")
+    p.add_argument("--quick", action="store_true", help="smaller settings, <= 3 minutes")
+    p.add_argument("--steps", type=int, default=None, help="RL steps per run (default: 120, quick: 60)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--port", type=int, default=None, help="dashboard port (default: a free one)")
+    p.add_argument("--no-dashboard", action="store_true")
+    p.set_defaults(handler=run_demo)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "collapsewatch", *args]
+
+
+def _warm_start(quick: bool) -> None:
+    """Build (or load from cache) the tokenizer and SFT warm start once, before the runs share it."""
+    import torch
+
+    from collapsewatch.trainer.recipes import recipe
+    from collapsewatch.trainer.train import load_policy
+
+    torch.set_num_threads(2)
+    cfg = recipe("collapse", **({"quick": True} if quick else {}))
+    load_policy(cfg, torch.device("cpu"), 0, 1, lambda msg: print(f"  {msg}", flush=True))
+
+
+def _train_all(out: Path, plan: DemoPlan, env: dict[str, str]) -> dict[str, int]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    import collapsewatch as cw
+
+    procs = {}
+    logs = {}
+    for name in RECIPES:
+        logs[name] = open(out / f"{name}.log", "w")  # noqa: SIM115 - closed below
+        args = ["train", "--recipe", name, "--out", str(out), "--seed", str(plan.seed), "--steps", str(plan.steps),
+                "--no-progress", "--threads", "1", *plan.overrides]
+        procs[name] = subprocess.Popen(_cli(*args), stdout=logs[name], stderr=subprocess.STDOUT, env=env)
+    columns = (TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn())
+    with Progress(*columns) as bar:
+        tasks = {name: bar.add_task(name, total=plan.steps, info="") for name in RECIPES}
+        while any(p.poll() is None for p in procs.values()):
+            time.sleep(1.0)
+            for name in RECIPES:
+                run_dir = out / f"{name}-s{plan.seed}"
+                if not (run_dir / "run.json").exists():
+                    continue
+                try:
+                    steps = cw.open_run(run_dir).steps(names=["success/rate"])
+                except Exception:
+                    continue
+                if len(steps):
+                    rate = steps["success/rate"].iloc[-5:].mean() if "success/rate" in steps else float("nan")
+                    bar.update(tasks[name], completed=int(steps["step"].max()) + 1, info=f"success {rate:.2f}")
+    for f in logs.values():
+        f.close()
+    return {name: p.returncode for name, p in procs.items()}
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from collapsewatch.diagnostics import report, scan
+    from collapsewatch.errors import UserError
+
+    console = Console()
+    base = QUICK if args.quick else FULL
+    plan = DemoPlan(steps=args.steps or base.steps, seed=base.seed if args.seed is None else args.seed,
+                    overrides=base.overrides)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in RECIPES:  # a fresh pair of runs each time
+        old = out / f"{name}-s{plan.seed}"
+        if old.exists():
+            import shutil
+
+            shutil.rmtree(old)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    started = time.time()
+
+    console.rule("[bold]1. warm start (SFT on expert trajectories, cached)")
+    _warm_start(args.quick)
+
+    dashboard = None
+    if not args.no_dashboard:
+        port = args.port or _free_port()
+        dashboard = subprocess.Popen(_cli("dashboard", str(out), "--port", str(port)), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, env=env)
+        console.print(f"[bold green]dashboard live at http://127.0.0.1:{port}/[/] (runs appear as they train)")
+
+    console.rule(f"[bold]2. GRPO: {' vs '.join(RECIPES)}, {plan.steps} steps each")
+    try:
+        codes = _train_all(out, plan, env)
+    finally:
+        if dashboard is not None:
+            dashboard.terminate()
+    failed = [n for n, c in codes.items() if c != 0]
+    if failed:
+        raise UserError(f"training failed for {', '.join(failed)}: see {out}/<recipe>.log")
+
+    console.rule("[bold]3. post-mortem: collapsewatch scan")
+    table = Table()
+    for col in ("run", "collapse onset", "first critical", "lead (steps)", "critical alerts", "root cause"):
+        table.add_column(col)
+    summary = {}
+    for name in RECIPES:
+        run_dir = out / f"{name}-s{plan.seed}"
+        found = scan(run_dir)
+        findings = found.to_dict()
+        summary[name] = findings
+        critical = [a for a in findings["alerts"] if a["severity"] == "critical"]
+        cause = findings.get("root_cause") or []
+        cause_txt = f"{cause[0].get('token')} @ {cause[0].get('position_type')}" if cause else "-"
+        table.add_row(name, str(findings["collapse_onset_step"]), str(findings["first_critical_step"]),
+                      str(findings["lead_steps"]), str(len(critical)), cause_txt)
+        report(run_dir, out / f"{name}-report.html", findings=found)
+    console.print(table)
+    (out / "scan.json").write_text(json.dumps(summary, indent=1, default=str))
+    console.print(f"reports: {', '.join(str(out / f'{n}-report.html') for n in RECIPES)}; findings: {out / 'scan.json'}")
+    console.print(f"browse later: [bold]collapsewatch dashboard {out}[/]   ({time.time() - started:.0f} s)")
+    return 0
