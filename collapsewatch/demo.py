@@ -34,8 +34,11 @@ QUICK = DemoPlan(steps=60, seed=0, overrides=("--quick",))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="train a collapsing and a supervised run, watch and diagnose them",
-                              description=__doc__.splitlines()[0].split(": ", 1)[1])
+    p = subparsers.add_parser(
+        "demo",
+        help="train a collapsing and a supervised run, watch and diagnose them",
+        description=__doc__.splitlines()[0].split(": ", 1)[1],
+    )
     p.add_argument("--out", default="demo-out", metavar="ROOT", help="folder for the runs and reports")
     p.add_argument("--quick", action="store_true", help="smaller settings, <= 3 minutes")
     p.add_argument("--steps", type=int, default=None, help="RL steps per run (default: 120, quick: 60)")
@@ -76,11 +79,29 @@ def _train_all(out: Path, plan: DemoPlan, env: dict[str, str]) -> dict[str, int]
     logs = {}
     for name in RECIPES:
         logs[name] = open(out / f"{name}.log", "w")  # noqa: SIM115 - closed below
-        args = ["train", "--recipe", name, "--out", str(out), "--seed", str(plan.seed), "--steps", str(plan.steps),
-                "--no-progress", "--threads", "1", *plan.overrides]
+        args = [
+            "train",
+            "--recipe",
+            name,
+            "--out",
+            str(out),
+            "--seed",
+            str(plan.seed),
+            "--steps",
+            str(plan.steps),
+            "--no-progress",
+            "--threads",
+            "1",
+            *plan.overrides,
+        ]
         procs[name] = subprocess.Popen(_cli(*args), stdout=logs[name], stderr=subprocess.STDOUT, env=env)
-    columns = (TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns) as bar:
         tasks = {name: bar.add_task(name, total=plan.steps, info="") for name in RECIPES}
         while any(p.poll() is None for p in procs.values()):
@@ -95,7 +116,9 @@ def _train_all(out: Path, plan: DemoPlan, env: dict[str, str]) -> dict[str, int]
                     continue
                 if len(steps):
                     rate = steps["success/rate"].iloc[-5:].mean() if "success/rate" in steps else float("nan")
-                    bar.update(tasks[name], completed=int(steps["step"].max()) + 1, info=f"success {rate:.2f}")
+                    bar.update(
+                        tasks[name], completed=int(steps["step"].max()) + 1, info=f"success {rate:.2f}"
+                    )
     for f in logs.values():
         f.close()
     return {name: p.returncode for name, p in procs.items()}
@@ -110,8 +133,11 @@ def run_demo(args: argparse.Namespace) -> int:
 
     console = Console()
     base = QUICK if args.quick else FULL
-    plan = DemoPlan(steps=args.steps or base.steps, seed=base.seed if args.seed is None else args.seed,
-                    overrides=base.overrides)
+    plan = DemoPlan(
+        steps=args.steps or base.steps,
+        seed=base.seed if args.seed is None else args.seed,
+        overrides=base.overrides,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in RECIPES:  # a fresh pair of runs each time
@@ -129,9 +155,15 @@ def run_demo(args: argparse.Namespace) -> int:
     dashboard = None
     if not args.no_dashboard:
         port = args.port or _free_port()
-        dashboard = subprocess.Popen(_cli("dashboard", str(out), "--port", str(port)), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, env=env)
-        console.print(f"[bold green]dashboard live at http://127.0.0.1:{port}/[/] (runs appear as they train)")
+        dashboard = subprocess.Popen(
+            _cli("dashboard", str(out), "--port", str(port)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        console.print(
+            f"[bold green]dashboard live at http://127.0.0.1:{port}/[/] (runs appear as they train)"
+        )
 
     console.rule(f"[bold]2. GRPO: {' vs '.join(RECIPES)}, {plan.steps} steps each")
     try:
@@ -156,11 +188,19 @@ def run_demo(args: argparse.Namespace) -> int:
         critical = [a for a in findings["alerts"] if a["severity"] == "critical"]
         cause = findings.get("root_cause") or []
         cause_txt = f"{cause[0].get('token')} @ {cause[0].get('position_type')}" if cause else "-"
-        table.add_row(name, str(findings["collapse_onset_step"]), str(findings["first_critical_step"]),
-                      str(findings["lead_steps"]), str(len(critical)), cause_txt)
+        table.add_row(
+            name,
+            str(findings["collapse_onset_step"]),
+            str(findings["first_critical_step"]),
+            str(findings["lead_steps"]),
+            str(len(critical)),
+            cause_txt,
+        )
         report(run_dir, out / f"{name}-report.html", findings=found)
     console.print(table)
     (out / "scan.json").write_text(json.dumps(summary, indent=1, default=str))
-    console.print(f"reports: {', '.join(str(out / f'{n}-report.html') for n in RECIPES)}; findings: {out / 'scan.json'}")
+    console.print(
+        f"reports: {', '.join(str(out / f'{n}-report.html') for n in RECIPES)}; findings: {out / 'scan.json'}"
+    )
     console.print(f"browse later: [bold]collapsewatch dashboard {out}[/]   ({time.time() - started:.0f} s)")
     return 0
