@@ -8,6 +8,25 @@ import jupytext
 import pytest
 from nbclient import NotebookClient
 
+# Small but real runs for the notebooks: the bundled trainer, a short warm start, a few GRPO steps.
+SMALL_RUN = {"steps": 6, "sft_steps": 60, "tasks_per_step": 4, "group_size": 4, "eval_tasks": 8}
+
+
+@pytest.fixture(scope="module")
+def notebook_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from collapsewatch.trainer.recipes import recipe
+    from collapsewatch.trainer.train import train
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("nb-runs")
+    cache = tmp_path_factory.mktemp("nb-cache")
+    for name in ("collapse", "interleaved"):
+        train(recipe(name, cache_dir=str(cache), **SMALL_RUN), root, progress=False)
+    return root
+
+
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.py"))
 
 

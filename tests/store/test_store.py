@@ -255,3 +255,21 @@ def test_sql_and_raw_readers_agree(tmp_path: Path) -> None:
         "GROUP BY step ORDER BY step"
     ).df()
     pd.testing.assert_frame_equal(ours, raw)
+
+
+def test_polars_reads_a_run_with_hive_ranks(tmp_path: Path) -> None:
+    """The run format is plain Parquet: Polars reads it without collapsewatch."""
+    import polars as pl
+
+    with RunWriter(tmp_path, "r", control_tokens=CONTROL, rank=1, world_size=2) as writer:
+        for step in range(3):
+            for table, columns in step_data(step, 1).items():
+                writer.write(table, step, columns)
+    frame = pl.read_parquet(tmp_path / "r" / "tokens" / "*" / "*.parquet", hive_partitioning=True)
+    assert frame.height == 3 * 40
+    assert set(frame["rank"].to_list()) == {1}
+    assert frame["cq_0"].dtype == pl.UInt8
+    ours = cw.open_run(tmp_path / "r").tokens(decode=False)
+    np.testing.assert_array_equal(
+        frame.sort(["step", "pos"])["token_id"].to_numpy(), ours["token_id"].to_numpy()
+    )
