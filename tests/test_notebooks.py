@@ -9,7 +9,10 @@ import pytest
 from nbclient import NotebookClient
 
 # Small but real runs for the notebooks: the bundled trainer, a short warm start, a few GRPO steps.
-SMALL_RUN = {"steps": 6, "sft_steps": 60, "tasks_per_step": 4, "group_size": 4, "eval_tasks": 8}
+SMALL_RUN = {
+    "steps": 6, "vocab_size": 512, "tokenizer_tasks": 200, "sft_steps": 40, "sft_batch": 16, "tasks_per_step": 4,
+    "group_size": 4, "max_turns": 4, "warmup_steps": 2, "eval_tasks": 8, "checkpoint_every": 0,
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
