@@ -289,8 +289,8 @@ class RunWriter:
     def _flush_through(self, step: int) -> None:
         ready = sorted(key for key in self._buffers if key[1] <= step)
         for key in ready:
-            batches = self._buffers.pop(key)
-            if self.enabled:
+            batches = self._buffers.pop(key, None)  # a write error below may clear the buffers
+            if batches and self.enabled:
                 self._write_file(key[0], key[1], pa.concat_tables(batches))
         if ready:
             self._last_step = max(self._last_step or 0, max(k[1] for k in ready))
