@@ -31,8 +31,12 @@ from collapsewatch.store import layout
 _FLOAT_TYPES = (pa.float32(), pa.float64())
 # Token-table floats stored with 12 mantissa bits (docs/run-format.md): half the bytes on disk.
 _ROUNDED_TOKEN_COLUMNS = frozenset({"logprob", "entropy", "old_logprob", "ref_logprob", "sampling_logprob"})
-_COMPACT_MAX_ROWS = 4_000_000
+_COMPACT_MAX_ROWS = 1_000_000
 _COMPACT_MAX_STEPS = 500
+# Only small files are worth merging: rewriting big per-step token files costs minutes on a long
+# run and buys little (DuckDB already prunes them by name and row-group statistics).
+_COMPACT_SMALL_FILE_ROWS = 16_384
+_ROW_GROUP_ROWS = 131_072  # small enough that a drill-down into one step reads little
 
 
 def parquet_write(table: pa.Table, path: Path) -> None:
@@ -49,7 +53,7 @@ def parquet_write(table: pa.Table, path: Path) -> None:
         compression_level=1,
         use_dictionary=other_cols or False,
         use_byte_stream_split=float_cols or False,
-        row_group_size=1_000_000,
+        row_group_size=_ROW_GROUP_ROWS,
     )
     os.replace(tmp, path)
 
@@ -438,7 +442,7 @@ def _to_array(values: Any, arrow_type: pa.DataType, n: int) -> pa.Array:
 
 
 def compact_rank(run_dir: Path, table: str, rank: int) -> int:
-    """Merge one rank's per-step files into `steps-A-B.parquet` files; returns files merged.
+    """Merge one rank's small per-step files into `steps-A-B.parquet` files; returns files merged.
 
     The compacted file appears atomically first; readers hide per-step files inside its range, so
     nobody sees a row twice, and the per-step files are deleted after.
@@ -463,6 +467,9 @@ def compact_rank(run_dir: Path, table: str, rank: int) -> int:
 
     for f in files:
         n = pq.read_metadata(f.path).num_rows
+        if n >= _COMPACT_SMALL_FILE_ROWS:  # big enough on its own: leave it, close the chunk
+            emit()
+            continue
         if chunk and (
             rows + n > _COMPACT_MAX_ROWS or f.last_step - chunk[0].first_step >= _COMPACT_MAX_STEPS
         ):
