@@ -53,6 +53,8 @@ def parquet_write(table: pa.Table, path: Path) -> None:
         compression_level=1,
         use_dictionary=other_cols or False,
         use_byte_stream_split=float_cols or False,
+        # min/max statistics where queries prune (step, seq, ...), not on every float column
+        write_statistics=[f.name for f in table.schema if pa.types.is_integer(f.type)] or False,
         row_group_size=_ROW_GROUP_ROWS,
     )
     os.replace(tmp, path)
