@@ -1,0 +1,368 @@
+"""Do the detectors warn before collapse, and stay quiet on stable runs? Over seeds, on real runs.
+
+Reads (or, with --train, first runs) the bundled trainer's runs ROOT/<recipe>-s<seed> for the
+collapsing and the stable recipes, then for each run:
+  * `scan` (the same detectors as live): collapse onset (fixed definition), first critical, lead;
+  * a scalar-only baseline monitor, as simple peers do: after the same warm-up, alarm when token
+    entropy leaves [0.5x, 2x] its warm-up mean, KL exceeds 0.1 nats, or the 5-step mean reward falls
+    below 80% of its running peak;
+  * for every statistic (control-token series, structural shares, entropy, KL, ...), the first step
+    it moved (>= 3 robust z on two consecutive steps against its own baseline; probabilities must
+    also be >= 3x baseline), to find out which statistics really lead over seeds.
+Writes plots to --plots (docs/img/detect-*.png) and prints a JSON object as its last line.
+
+Usage: .venv/bin/python benchmarks/detection_eval.py --root /work/runs/repro [--seeds 0 1 2] [--train]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from collapsewatch.diagnostics.baseline import RobustBaseline, log10_prob, logit_rate, positive_log
+from collapsewatch.diagnostics.features import parse_control_stat, step_features
+from collapsewatch.diagnostics.onset import collapse_onset
+from collapsewatch.diagnostics.scan import SEQUENCE_COLUMNS, per_step_scalars, scan
+
+WARMUP = 20
+SKIP = ("step", "lr", "seq/count", "tokens/count")
+
+
+def run_dir(root: Path, recipe: str, seed: int) -> Path:
+    return root / f"{recipe}-s{seed}"
+
+
+def ensure_run(root: Path, recipe: str, seed: int, steps: int | None, train: bool) -> Path | None:
+    path = run_dir(root, recipe, seed)
+    if (path / "run.json").exists():
+        return path
+    if not train:
+        return None
+    cmd = ["nice", "-n", "10", sys.executable, "-m", "collapsewatch.cli", "train", "--recipe", recipe,
+           "--seed", str(seed), "--out", str(root), "--no-progress", "--threads", "1"]  # fmt: skip
+    if steps:
+        cmd += ["--steps", str(steps)]
+    print(f"training {recipe} seed {seed} ...", file=sys.stderr)
+    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return path
+
+
+def step_table(path: Path) -> pd.DataFrame:
+    """Wide per-step table: every scalar plus the detectors' derived statistics."""
+    from collapsewatch import open_run
+
+    run = open_run(path)
+    per_step = per_step_scalars(run.scalars())
+    seqs = run.sequences(columns=[*SEQUENCE_COLUMNS, "rank"])
+    by_step = {int(s): f for s, f in seqs.groupby("step")} if len(seqs) else {}
+    rows = []
+    for step in sorted(set(per_step) | set(by_step)):
+        f = step_features(step, per_step.get(step, {}), by_step.get(step), max_classified=128)
+        rows.append({"step": step, **f.derived, **f.scalars})
+    return pd.DataFrame(rows)
+
+
+def success_of(t: pd.DataFrame) -> tuple[np.ndarray, str]:
+    for name in ("success/rate", "seq/success_rate", "reward/mean", "seq/reward_mean"):
+        if name in t.columns and np.isfinite(t[name].to_numpy(dtype=float)).sum() > 1:
+            return t[name].to_numpy(dtype=float), name
+    return np.full(len(t), np.nan), "none"
+
+
+def baseline_alarm(t: pd.DataFrame, warmup: int = WARMUP) -> int | None:
+    """First step the scalar-only monitor alarms (entropy band, KL limit, reward drift)."""
+    steps = t["step"].to_numpy()
+    ent_name = next((n for n in ("entropy/mean", "tokens/entropy_mean") if n in t.columns), None)
+    ent = t[ent_name].to_numpy(dtype=float) if ent_name else np.full(len(t), np.nan)
+    kl = t["kl/mean"].to_numpy(dtype=float) if "kl/mean" in t.columns else np.full(len(t), np.nan)
+    reward = t["reward/mean"].to_numpy(dtype=float) if "reward/mean" in t.columns else success_of(t)[0]
+    warm_ent = np.nanmean(ent[:warmup]) if np.isfinite(ent[:warmup]).any() else np.nan
+    mean5 = pd.Series(reward).rolling(5, min_periods=5).mean().to_numpy()
+    peak = np.fmax.accumulate(np.nan_to_num(mean5, nan=-np.inf))
+    for i in range(warmup, len(t)):
+        if np.isfinite(ent[i]) and np.isfinite(warm_ent) and not 0.5 * warm_ent <= ent[i] <= 2.0 * warm_ent:
+            return int(steps[i])
+        if np.isfinite(kl[i]) and kl[i] > 0.1:
+            return int(steps[i])
+        if np.isfinite(mean5[i]) and peak[i] > 0 and mean5[i] < 0.8 * peak[i]:
+            return int(steps[i])
+    return None
+
+
+def _transform(name: str):
+    if name.startswith("ctrl/"):
+        return lambda x: log10_prob(x, 1e-6), 0.15
+    if name.startswith(
+        ("state/", "groups/", "success/", "seq/success", "clip/frac", "length/truncated")
+    ) or name.endswith("_frac"):
+        return logit_rate, 0.3
+    if name.startswith(("kl/", "grad_norm", "entropy/", "tokens/entropy", "ratio/")):
+        return positive_log, 0.1
+    return (lambda x: x), None
+
+
+def first_moves(t: pd.DataFrame, warmup: int = WARMUP) -> dict[str, tuple[int, str]]:
+    """{series: (first step it moved, direction)}; see the module docstring for the rule."""
+    out = {}
+    steps = t["step"].to_numpy()
+    for name in t.columns:
+        if name in SKIP or name.endswith("/count"):
+            continue
+        parsed = parse_control_stat(name)
+        fwd, min_scale = _transform(name)
+        vals = pd.to_numeric(t[name], errors="coerce").to_numpy(dtype=float)
+        if np.isfinite(vals).sum() < warmup + 5:
+            continue
+        if min_scale is None:
+            finite = vals[np.isfinite(vals)][:warmup]
+            min_scale = max(0.05 * float(np.median(np.abs(finite))) if len(finite) else 0.0, 1e-9)
+        base = RobustBaseline(warmup=warmup, span=20.0, min_scale=min_scale)
+        streak, prev_dir = 0, 0
+        for step, x in zip(steps, vals, strict=True):
+            if not math.isfinite(x):
+                continue
+            ready = base.ready
+            centre = base.center
+            z = base.update(fwd(x))
+            if not ready:
+                continue
+            direction = int(np.sign(z)) if abs(z) >= 3.0 else 0
+            if parsed is not None:  # control-token probabilities: upward moves only, >= 3x baseline
+                base_p = 10.0**centre - 1e-6
+                if direction <= 0 or (x + 1e-6) < 3.0 * (base_p + 1e-6):
+                    direction = 0
+            streak = streak + 1 if direction != 0 and direction == prev_dir else (1 if direction else 0)
+            prev_dir = direction
+            if streak >= 2:
+                out[name] = (int(step) - 1, "up" if direction > 0 else "down")
+                break
+    return out
+
+
+def plot_run(name: str, t: pd.DataFrame, findings, baseline_step, out_dir: Path) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    succ, succ_name = success_of(t)
+    steps = t["step"].to_numpy()
+    fig, axes = plt.subplots(4, 1, figsize=(8, 9), sharex=True)
+    axes[0].plot(steps, succ, label=succ_name)
+    axes[0].plot(steps, pd.Series(succ).rolling(5, min_periods=5).mean(), label="5-step mean", lw=2)
+    axes[0].set_ylabel("success")
+    for col, colour in (("state/text_pollution", "tab:orange"), ("state/full_collapse", "tab:red")):
+        if col in t.columns:
+            axes[1].plot(steps, t[col], label=col.split("/")[1], color=colour)
+    axes[1].set_ylabel("share of turns")
+    ctrl_cols = [
+        c
+        for c in t.columns
+        if parse_control_stat(c) and parse_control_stat(c)[2] in ("mean", "unexpected_mean")
+    ]
+    shown = [f"ctrl/{r['token']}/{r['position_type']}/{r['stat']}" for r in findings.root_cause[:2]]
+    shown.append(
+        "ctrl/<|im_end|>/after_open_tag/mean"
+    )  # the bare-tag mechanism: end of turn right after <tool_call>
+    for c in shown or ctrl_cols[:3]:
+        if c in t.columns:
+            axes[2].semilogy(steps, t[c].clip(lower=1e-8), label=c[5:])
+    axes[2].set_ylabel("p(control)")
+    for col in ("entropy/mean", "tokens/entropy_mean"):
+        if col in t.columns:
+            axes[3].plot(steps, t[col], label=col)
+            break
+    axes[3].set_ylabel("entropy (nats)")
+    axes[3].set_xlabel("step")
+    for ax in axes:
+        if findings.collapse_onset_step is not None:
+            ax.axvline(findings.collapse_onset_step, color="k", ls="--", lw=1, label="onset")
+        if findings.first_critical_step is not None:
+            ax.axvline(findings.first_critical_step, color="tab:red", lw=1, label="first critical")
+        if baseline_step is not None:
+            ax.axvline(baseline_step, color="tab:gray", ls=":", lw=1, label="baseline alarm")
+        ax.legend(fontsize=6, loc="best")
+    axes[0].set_title(name)
+    fig.tight_layout()
+    path = out_dir / f"detect-{name}.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return str(path)
+
+
+def plot_leads(leads: dict[str, list[int]], out_dir: Path, top: int = 20) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    items = sorted(leads.items(), key=lambda kv: -np.median(kv[1]))[:top]
+    if not items:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(items) + 1.5))
+    for i, (_name, vals) in enumerate(items):
+        ax.scatter(vals, [i] * len(vals), s=18)
+        ax.plot([np.median(vals)], [i], "k|", ms=12)
+    ax.set_yticks(range(len(items)), [n for n, _ in items], fontsize=7)
+    ax.axvline(0, color="k", lw=1)
+    ax.set_xlabel("steps before collapse onset (first move); one dot per collapsing run")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    path = out_dir / "detect-leads.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return str(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", default="/work/runs/repro")
+    ap.add_argument("--collapsing", nargs="+", default=["collapse"])
+    ap.add_argument("--stable", nargs="+", default=["interleaved"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=None, help="RL steps for runs trained here")
+    ap.add_argument("--train", action="store_true", help="train missing runs (sequentially, 1 thread)")
+    ap.add_argument("--plots", default="docs/img", help="folder for detect-*.png ('' for none)")
+    ap.add_argument(
+        "--warmup", type=int, default=WARMUP, help="warm-up steps (detectors, baseline, first moves)"
+    )
+    args = ap.parse_args()
+    root = Path(args.root)
+    plot_dir = Path(args.plots) if args.plots else None
+    if plot_dir:
+        plot_dir.mkdir(parents=True, exist_ok=True)
+
+    per_run = []
+    leads: dict[str, list[int]] = defaultdict(list)
+    leads_vs_break: dict[str, list[int]] = defaultdict(list)
+    stable_moves: dict[str, int] = defaultdict(int)
+    for kind, recipes in (("collapsing", args.collapsing), ("stable", args.stable)):
+        for recipe in recipes:
+            for seed in args.seeds:
+                path = ensure_run(root, recipe, seed, args.steps, args.train)
+                if path is None:
+                    print(f"missing run {run_dir(root, recipe, seed)} (use --train)", file=sys.stderr)
+                    continue
+                findings = scan(path, config={"warmup": args.warmup})
+                t = step_table(path)
+                base = baseline_alarm(t, args.warmup)
+                succ, succ_name = success_of(t)
+                onset = collapse_onset(t["step"].to_numpy(), succ)
+                # secondary, for runs whose success never got high: the same rule on the healthy-turn share
+                healthy = (
+                    1.0 - t["state/broken_turns"].to_numpy(dtype=float) if "state/broken_turns" in t else None
+                )
+                format_onset = None if healthy is None else collapse_onset(t["step"].to_numpy(), healthy)
+                moves = first_moves(t, args.warmup)
+                format_break = moves.get("state/broken_turns", (None, ""))[0]
+                if kind == "collapsing" and onset is not None:
+                    for name, (step, _) in moves.items():
+                        leads[name].append(onset - step)
+                        if format_break is not None:
+                            leads_vs_break[name].append(format_break - step)
+                if kind == "stable":
+                    for name in moves:
+                        stable_moves[name] += 1
+                crit = findings.first_critical_step
+                mean5 = pd.Series(succ).rolling(5, min_periods=5).mean()
+                per_run.append({
+                    "run": path.name, "kind": kind, "steps": findings.steps, "onset": onset, "onset_series": succ_name,
+                    "peak_success_5step": None if mean5.isna().all() else round(float(mean5.max()), 3),
+                    "first_warning": findings.first_warning_step, "first_critical": crit,
+                    "lead": None if onset is None or crit is None else onset - crit,
+                    "format_break": format_break,
+                    "format_onset": format_onset,
+                    "lead_vs_format_onset": None if format_onset is None or crit is None else format_onset - crit,
+                    "baseline_lead_vs_format_onset": None if format_onset is None or base is None else format_onset - base,
+                    "first_control_move": min((st for n, (st, _) in moves.items() if n.startswith("ctrl/")), default=None),
+                    "baseline_alarm": base, "baseline_lead": None if onset is None or base is None else onset - base,
+                    "critical_detectors": sorted({a.detector for a in findings.alerts if a.severity == "critical"}),
+                    "first_alerts": [(a.step, a.detector) for a in findings.alerts if a.rank >= 1][:6],
+                    "root_cause": findings.root_cause[0]["evidence"] if findings.root_cause else None,
+                })  # fmt: skip
+                if plot_dir:
+                    plot_run(
+                        f"{path.name}-w{args.warmup}" if args.warmup != WARMUP else path.name,
+                        t,
+                        findings,
+                        base,
+                        plot_dir,
+                    )
+    if plot_dir:
+        plot_leads(leads, plot_dir)
+
+    collapsed = [r for r in per_run if r["kind"] == "collapsing" and r["onset"] is not None]
+    stable = [r for r in per_run if r["kind"] == "stable"]
+    detected = [r for r in collapsed if r["lead"] is not None and r["lead"] >= 0]
+    lead_vals = [r["lead"] for r in collapsed if r["lead"] is not None]
+    base_vals = [r["baseline_lead"] for r in collapsed if r["baseline_lead"] is not None]
+    n_collapsed = max(len(collapsed), 1)
+    consistent = {
+        name: {
+            "median_lead": float(np.median(v)),
+            "runs_moved_before_onset": int(sum(x > 0 for x in v)),
+            "stable_runs_moved": stable_moves.get(name, 0),
+        }
+        for name, v in leads.items()
+    }
+    leading = sorted(
+        (
+            n
+            for n, s in consistent.items()
+            if s["runs_moved_before_onset"] >= max(2, math.ceil(0.66 * len(collapsed)))
+        ),
+        key=lambda n: (consistent[n]["stable_runs_moved"], -consistent[n]["median_lead"]),
+    )
+    for r in per_run:
+        print(json.dumps(r, default=str), file=sys.stderr)
+    result = {
+        "benchmark": "detection_eval",
+        "root": str(root),
+        "collapsing_recipes": args.collapsing,
+        "stable_recipes": args.stable,
+        "seeds": args.seeds,
+        "warmup": args.warmup,
+        "collapsing_runs": len(collapsed),
+        "collapsing_recipe_runs_without_collapse": sum(
+            1 for r in per_run if r["kind"] == "collapsing" and r["onset"] is None
+        ),
+        "detected_by_onset_fraction": round(len(detected) / n_collapsed, 3) if collapsed else None,
+        "median_lead_steps": float(np.median(lead_vals)) if lead_vals else None,
+        "stable_runs": len(stable),
+        "stable_runs_with_critical": sum(1 for r in stable if r["first_critical"] is not None),
+        "stable_runs_that_collapsed": sum(1 for r in stable if r["onset"] is not None),
+        "baseline_median_lead_steps": float(np.median(base_vals)) if base_vals else None,
+        "baseline_detected_by_onset_fraction": round(sum(v >= 0 for v in base_vals) / n_collapsed, 3)
+        if collapsed
+        else None,
+        "baseline_stable_runs_with_alarm": sum(1 for r in stable if r["baseline_alarm"] is not None),
+        "leading_statistics": [{"series": n, **consistent[n]} for n in leading[:12]],
+        "control_series_lead_over_format_break": {
+            n: {
+                "median": float(np.median(v)),
+                "runs": len(v),
+                "runs_before_break": int(sum(x > 0 for x in v)),
+            }
+            for n, v in sorted(leads_vs_break.items(), key=lambda kv: -np.median(kv[1]))
+            if n.startswith("ctrl/")
+        },
+        "runs": per_run,
+    }
+    print(json.dumps(result, default=str))
+
+
+if __name__ == "__main__":
+    main()

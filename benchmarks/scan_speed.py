@@ -1,0 +1,120 @@
+"""How fast `scan` replays a large run, and what the live detectors cost per training step.
+
+Generates (once, cached under --root) a constructed 1,000-step run with 10M token rows through the
+real RunWriter, then times:
+  * scan_s:         `scan(run)` as the CLI runs it (steps + sequences; ctrl/... scalars from the hook)
+  * scan_tokens_s:  `scan(run, use_tokens=True)`: also recomputes every control-token statistic from
+                    the 10M token rows with DuckDB (what happens for runs without ctrl/... scalars)
+  * live_ms_per_step: LiveMonitor.update per step with 64 and 256 rollouts (budget: 5 ms)
+Prints a JSON object as its last line. Usage: .venv/bin/python benchmarks/scan_speed.py [--steps 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def live_cost(rollouts: int, steps: int = 120) -> float:
+    from collapsewatch.diagnostics.live import LiveMonitor
+    from collapsewatch.diagnostics.synthetic import synthetic_run
+
+    data = list(synthetic_run(steps, collapse_at=90, rollouts=rollouts, group_size=8, seed=11))
+    # distinct texts per rollout, so the classifier's cache does not flatter the figure
+    for s in data:
+        s.sequences["turn_texts"] = [
+            [t.replace("alice", f"acct{s.step}_{i}") for t in turns]
+            for i, turns in enumerate(s.sequences["turn_texts"])
+        ]
+    mon = LiveMonitor()
+    times = []
+    for s in data:
+        t0 = time.perf_counter()
+        mon.update(s.step, s.scalars, s.sequences)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--token-rows", type=int, default=10_000_000)
+    ap.add_argument(
+        "--root", default=None, help="where to keep the generated run (default: a temp dir, removed)"
+    )
+    args = ap.parse_args()
+
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    from collapsewatch import open_run
+    from collapsewatch.diagnostics.scan import scan
+    from collapsewatch.diagnostics.synthetic import write_synthetic_run
+
+    root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="cw-scan-speed-"))
+    name = f"synthetic-{args.steps}-{args.token_rows}"
+    run_dir = root / name
+    gen_s = None
+    if not (run_dir / "run.json").exists() or open_run(run_dir).status != "finished":
+        shutil.rmtree(run_dir, ignore_errors=True)
+        t0 = time.perf_counter()
+        write_synthetic_run(
+            root,
+            name,
+            n_steps=args.steps,
+            collapse_at=int(args.steps * 0.7),
+            tokens_per_step=args.token_rows // args.steps,
+            rollouts=64,
+            group_size=8,
+        )
+        gen_s = time.perf_counter() - t0
+    run = open_run(run_dir)
+    rows = run.row_counts()
+
+    t0 = time.perf_counter()
+    findings = scan(run_dir)
+    scan_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    findings_tok = scan(run_dir, use_tokens=True)
+    scan_tokens_s = time.perf_counter() - t0
+
+    result = {
+        "benchmark": "scan_speed",
+        "cpu_count": os.cpu_count(),
+        "steps": findings.steps,
+        "token_rows": rows["tokens"],
+        "sequence_rows": rows["sequences"],
+        "run_bytes": _dir_bytes(run_dir),
+        "generate_s": None if gen_s is None else round(gen_s, 1),
+        "scan_s": round(scan_s, 2),
+        "scan_tokens_s": round(scan_tokens_s, 2),
+        "target_s": 10.0,
+        "alerts": len(findings.alerts),
+        "collapse_onset_step": findings.collapse_onset_step,
+        "first_critical_step": findings.first_critical_step,
+        "root_cause_from_tokens": findings_tok.root_cause[0]["evidence"] if findings_tok.root_cause else None,
+        "live_ms_per_step_64_rollouts": round(live_cost(64), 2),
+        "live_ms_per_step_256_rollouts": round(live_cost(256), 2),
+        "live_budget_ms": 5.0,
+    }
+    if not args.root:
+        shutil.rmtree(root, ignore_errors=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

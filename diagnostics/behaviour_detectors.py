@@ -1,0 +1,216 @@
+"""Detectors on what the rollouts look like: structural states, tool use, task success, length."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+
+from collapsewatch.diagnostics.alerts import Alert
+from collapsewatch.diagnostics.baseline import KofN, RobustBaseline, RunningPeak, logit_rate
+from collapsewatch.diagnostics.detector_base import Detector, MonitorConfig, fmt
+from collapsewatch.diagnostics.features import StepFeatures
+
+_SUPERVISE = (
+    "Likely fix: lower the learning rate and add supervision (interleave SFT steps on expert "
+    "trajectories, or hint/expert rollouts); the skill is usually intact behind the broken format."
+)
+
+
+class StructuralShift(Detector):
+    """Share of turns in text pollution or full collapse rises above its baseline."""
+
+    name = "structural_shift"
+    family = "structure"
+
+    def __init__(self, config: MonitorConfig):
+        super().__init__(config)
+        self.base = RobustBaseline(config.warmup, config.span, min_scale=0.3)
+        self.persist = KofN(config.persist_k, config.persist_n)
+
+    def update(self, f: StepFeatures) -> list[Alert]:
+        broken = f.get("state/broken_turns")
+        if math.isnan(broken):
+            return []
+        self.seen += 1
+        c = self.config
+        ready = self.base.ready
+        base_rate = 1.0 / (1.0 + math.exp(-self.base.center)) if ready else math.nan
+        z = self.base.update(logit_rate(broken))
+        hit = ready and z >= c.z_warn and broken - base_rate >= c.structure_min_rise
+        if not self.persist.update(hit):
+            return []
+        pollution, collapse = f.get("state/text_pollution"), f.get("state/full_collapse")
+        kind = "full collapse (empty turns, bare tags)" if collapse >= pollution else "text pollution"
+        states = f.rollout_states or []
+        broken_mask = np.array([s is not None and not s.healthy for s in states], dtype=bool)
+        msg = (
+            f"{broken:.0%} of assistant turns are broken (baseline {base_rate:.0%}), mostly {kind}: "
+            f"the tool-call format is breaking. {_SUPERVISE}"
+        )
+        a = self.emit(
+            f,
+            "warning",
+            msg,
+            broken,
+            base_rate,
+            text_pollution=pollution,
+            full_collapse=collapse,
+            rollouts=f.uids(mask=broken_mask) if len(broken_mask) else [],
+        )
+        return [a] if a else []
+
+
+class _PeakDrop(Detector):
+    """A moving mean falling below a share of its running peak (peak-then-collapse)."""
+
+    names: tuple[str, ...] = ()
+    drop = 0.5
+    min_peak = 0.0
+
+    def __init__(self, config: MonitorConfig):
+        super().__init__(config)
+        self.peak = RunningPeak(config.peak_window)
+
+    def value(self, f: StepFeatures) -> float:
+        return f.first(*self.names)
+
+    def update(self, f: StepFeatures) -> list[Alert]:
+        x = self.value(f)
+        if math.isnan(x):
+            return []
+        self.seen += 1
+        mean = self.peak.update(x)
+        peak = self.peak.peak
+        if not self.warmed_up or math.isnan(mean) or peak <= self.min_peak or mean >= self.drop * peak:
+            return []
+        a = self.emit(f, "warning", self.message(mean, peak), mean, peak, **self.evidence(f))
+        return [a] if a else []
+
+    def message(self, mean: float, peak: float) -> str:
+        raise NotImplementedError
+
+    def evidence(self, f: StepFeatures) -> dict:
+        return {}
+
+
+class SuccessCollapse(_PeakDrop):
+    """Task success (or reward) falls well below its running peak."""
+
+    name = "success_collapse"
+    family = "outcome"
+    names = ("success/rate", "seq/success_rate", "reward/mean", "seq/reward_mean")
+
+    def __init__(self, config: MonitorConfig):
+        super().__init__(config)
+        self.drop = config.success_drop
+        self.min_peak = config.success_min_peak
+
+    def message(self, mean: float, peak: float) -> str:
+        return (
+            f"Task success ({self.config.peak_window}-step mean {fmt(mean)}) fell below "
+            f"{self.config.success_drop:.0%} of its peak {fmt(peak)}. Check the control-token and "
+            f"structural alerts for the cause. {_SUPERVISE}"
+        )
+
+    def evidence(self, f: StepFeatures) -> dict:
+        seqs = f.sequences
+        if seqs is None or "success" not in seqs.columns:
+            return {}
+        failed = ~seqs["success"].fillna(False).astype(bool).to_numpy()
+        return {"rollouts": f.uids(mask=failed)}
+
+
+class ToolCallRateCollapse(_PeakDrop):
+    """Tool calls per rollout fall well below their peak: the no-tool shortcut."""
+
+    name = "tool_call_rate"
+    family = "behaviour"
+    names = ("tool_calls/per_rollout", "seq/tool_calls_mean")
+
+    def __init__(self, config: MonitorConfig):
+        super().__init__(config)
+        self.drop = config.tool_rate_drop
+        self.min_peak = config.tool_rate_min_peak
+
+    def message(self, mean: float, peak: float) -> str:
+        return (
+            f"Tool calls per rollout fell to {fmt(mean)} (peak {fmt(peak)}): the policy is dropping its tools "
+            "(no-tool shortcut or broken call format). Likely fix: reward tool-grounded answers only, lower "
+            "the learning rate, or add expert/hint rollouts that use the tools."
+        )
+
+    def evidence(self, f: StepFeatures) -> dict:
+        seqs = f.sequences
+        if seqs is None or "num_tool_calls" not in seqs.columns:
+            return {}
+        return {"rollouts": f.uids(mask=seqs["num_tool_calls"].fillna(0).to_numpy() <= 0)}
+
+
+class LengthCollapse(Detector):
+    """Mean length collapses, truncation rises, or rollouts loop (repeated n-grams)."""
+
+    name = "length"
+    family = "length"
+
+    def __init__(self, config: MonitorConfig):
+        super().__init__(config)
+        self.history: deque[float] = deque(maxlen=50)
+        self.trunc = RobustBaseline(config.warmup, config.span, min_scale=0.3)
+        self.trunc_persist = KofN(config.persist_k, config.persist_n)
+        self.rep_persist = KofN(config.persist_k, config.persist_n)
+
+    def update(self, f: StepFeatures) -> list[Alert]:
+        c = self.config
+        self.seen += 1
+        out: list[Alert] = []
+        length = f.first("length/mean", "seq/length_mean")
+        if math.isfinite(length):
+            if len(self.history) >= c.warmup:
+                med = float(np.median(self.history))
+                if med > 0 and length < c.length_drop * med:
+                    a = self.emit(
+                        f,
+                        "warning",
+                        f"Mean generated length fell to {fmt(length)} tokens (median {fmt(med)}): turns are "
+                        "collapsing to empty or bare tags. Likely fix: see the structural alerts; lower the learning rate.",
+                        length,
+                        med,
+                        key="length",
+                        detector="length_collapse",
+                    )
+                    out += [a] if a else []
+            self.history.append(length)
+        trunc = f.first("length/truncated_frac", "seq/truncated_frac")
+        if math.isfinite(trunc):
+            ready = self.trunc.ready
+            base = 1.0 / (1.0 + math.exp(-self.trunc.center)) if ready else math.nan
+            z = self.trunc.update(logit_rate(trunc))
+            hit = ready and z >= c.z_warn and trunc >= c.truncation_min and trunc - base >= 0.15
+            if self.trunc_persist.update(hit):
+                a = self.emit(
+                    f,
+                    "warning",
+                    f"{trunc:.0%} of rollouts hit the length or turn limit (baseline {base:.0%}): degenerate "
+                    "loops or runaway turns. Likely fix: penalise truncation, lower the learning rate.",
+                    trunc,
+                    base,
+                    key="truncation",
+                    detector="truncation",
+                )
+                out += [a] if a else []
+        rep = f.get("seq/repetition_frac")
+        if math.isfinite(rep) and self.warmed_up and self.rep_persist.update(rep >= c.repetition_min):
+            a = self.emit(
+                f,
+                "warning",
+                f"{rep:.0%} of rollouts repeat the same phrase over half their text: the policy is looping. "
+                "Likely fix: lower the learning rate or temperature drift; check the reward for length hacking.",
+                rep,
+                c.repetition_min,
+                key="repetition",
+                detector="repetition",
+            )
+            out += [a] if a else []
+        return out

@@ -1,0 +1,133 @@
+"""What every detector shares: configuration, warm-up, cooldown and the alert it emits."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from collapsewatch.diagnostics.alerts import SEVERITY_RANK, Alert
+from collapsewatch.diagnostics.features import StepFeatures
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Detector thresholds. Units: steps, probabilities, robust z-scores (MAD-scaled).
+
+    Defaults were chosen on constructed series and checked on the bundled trainer's runs; see
+    docs/detection.md for what they were calibrated on.
+    """
+
+    warmup: int = 20  # steps of history before any detector may fire
+    cooldown: int = 10  # steps before the same detector/key may fire again at the same severity
+    span: float = 20.0  # EWMA span of the robust baselines, steps
+    z_warn: float = 4.0  # robust z that counts as a hit
+    persist_k: int = 2  # hits needed ...
+    persist_n: int = 3  # ... among this many recent steps
+    # control-token spike (the core detector)
+    ctrl_stats: tuple[str, ...] = ("mean", "p99", "unexpected_mean")
+    ctrl_floor: float = 1e-6  # probabilities below this are noise (prototype: 1e-7 drifts reverted)
+    ctrl_min_fold: float = 5.0  # a hit must also be this many times the baseline probability
+    ctrl_min_prob: float = 1e-4  # ... and at least this probability
+    ctrl_min_scale: float = 0.15  # decades: smallest spread a baseline may claim
+    # structural states
+    max_classified: int = 128  # rollouts per step whose text is classified (evenly spaced sample)
+    structure_min_rise: float = 0.10  # absolute rise of the broken-turn share over its baseline
+    # outcome and behaviour
+    peak_window: int = 5  # moving-mean window for peak-then-collapse, steps
+    success_drop: float = 0.7  # warn when the moving mean falls below this share of its peak
+    success_min_peak: float = 0.2  # success rate: a lower peak is too noisy to collapse from
+    tool_rate_drop: float = 0.5
+    tool_rate_min_peak: float = 0.2  # tool calls per rollout
+    # exploration
+    entropy_floor: float = 0.02  # nats
+    entropy_drop: float = 0.25  # share of the warm-up median
+    zero_adv_min: float = 0.5  # share of groups with zero reward variance
+    # optimisation
+    clip_min: float = 0.05
+    spike_min_fold: float = 2.0
+    lazy_min_frac: float = 0.5
+    lazy_run: int = 3
+    mismatch_max: float = 0.05  # nats per token between trainer and sampler
+    # length
+    length_drop: float = 0.5
+    truncation_min: float = 0.3
+    repetition_min: float = 0.2
+    # combined verdict
+    verdict_window: int = 5  # steps within which families must agree
+    verdict_min_families: int = 2
+    verdict_cooldown: int = 20
+
+    @classmethod
+    def from_any(cls, config: MonitorConfig | Mapping[str, Any] | None) -> MonitorConfig:
+        if config is None:
+            return cls()
+        if isinstance(config, MonitorConfig):
+            return config
+        known = {f.name for f in fields(cls)}
+        unknown = set(config) - known
+        if unknown:
+            raise ValueError(f"unknown detector settings: {', '.join(sorted(unknown))}")
+        return replace(cls(), **dict(config))
+
+
+def fmt(x: float) -> str:
+    """Short human number: 3 significant digits, scientific for tiny/huge values."""
+    if not math.isfinite(x):
+        return str(x)
+    if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
+        return f"{x:.2e}"
+    return f"{x:.3g}"
+
+
+class Detector:
+    """A streaming detector: `update(features)` once per step, returns the alerts for that step.
+
+    Subclasses set `name` and `family` (detectors in one family see the same evidence, so they do
+    not count as independent confirmation) and call `emit`, which applies the cooldown.
+    """
+
+    name = "detector"
+    family = "other"
+
+    def __init__(self, config: MonitorConfig):
+        self.config = config
+        self._fired: dict[Any, tuple[int, int]] = {}
+        self.seen = 0
+
+    def update(self, f: StepFeatures) -> list[Alert]:
+        raise NotImplementedError
+
+    @property
+    def warmed_up(self) -> bool:
+        return self.seen > self.config.warmup
+
+    def emit(
+        self,
+        f: StepFeatures,
+        severity: str,
+        message: str,
+        value: float,
+        baseline: float,
+        key: Any = None,
+        detector: str | None = None,
+        **evidence: Any,
+    ) -> Alert | None:
+        """An alert unless the same key fired at this severity or higher within the cooldown."""
+        rank = SEVERITY_RANK[severity]
+        last = self._fired.get(key)
+        if last is not None and f.step - last[0] < self.config.cooldown and rank <= last[1]:
+            return None
+        self._fired[key] = (f.step, rank)
+        evidence = {"step": f.step, **evidence}
+        return Alert(
+            step=f.step,
+            detector=detector or self.name,
+            severity=severity,
+            message=message,
+            value=float(value),
+            baseline=float(baseline),
+            evidence=evidence,
+            family=self.family,
+        )

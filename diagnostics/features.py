@@ -1,0 +1,277 @@
+"""Per-step inputs of the detectors: the steps-table scalars plus statistics derived from the step's
+rollouts (structural-state shares, tool-call rate, zero-advantage groups, lengths, lazy likelihood).
+
+Names derived here live under `seq/`, `state/`, `groups/`, `lazy/`, `mismatch/` so they never clash with
+the canonical scalars of collapsewatch.schema.SCALARS, which win when both exist.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from collapsewatch.diagnostics.structure import StructuralState, summarize_rollout
+from collapsewatch.schema import STRUCTURAL_STATES
+
+CTRL_NAME = re.compile(r"^ctrl/(.+)/([a-z_]+)/([a-z_0-9]+)$")
+TRUNCATED_REASONS = ("length", "max_turns")
+_BROKEN = (StructuralState.TEXT_POLLUTION, StructuralState.FULL_COLLAPSE)
+
+
+def parse_control_stat(name: str) -> tuple[str, str, str] | None:
+    """`ctrl/<token>/<position_type>/<stat>` -> (token, position_type, stat); None for other names."""
+    m = CTRL_NAME.match(name)
+    return (m.group(1), m.group(2), m.group(3)) if m else None
+
+
+def _finite(x: Any) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return math.nan
+    return v
+
+
+def repeated_ngram_coverage(text: str, n: int = 4) -> float:
+    """Share of word n-grams that repeat an earlier n-gram (0 = no loop, near 1 = one phrase looping)."""
+    words = text.split()
+    if len(words) < 2 * n:
+        return 0.0
+    grams = list(zip(*(words[i:] for i in range(n)), strict=False))
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+@dataclass
+class StepFeatures:
+    """Everything the detectors look at for one step."""
+
+    step: int
+    scalars: dict[str, float]
+    derived: dict[str, float] = field(default_factory=dict)
+    sequences: pd.DataFrame | None = None
+    rollout_states: list[StructuralState | None] | None = None
+
+    def get(self, name: str, default: float = math.nan) -> float:
+        v = self.scalars.get(name)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            v = self.derived.get(name, default)
+        return _finite(v)
+
+    def first(self, *names: str) -> float:
+        """First of `names` that has a finite-or-infinite (not NaN) value."""
+        for n in names:
+            v = self.get(n)
+            if not math.isnan(v):
+                return v
+        return math.nan
+
+    def uids(
+        self, mask: np.ndarray | pd.Series | None = None, order: np.ndarray | None = None, n: int = 3
+    ) -> list:
+        """Up to n rollout ids (uid, else seq) of this step selected by `mask`, optionally sorted by `order` (desc)."""
+        df = self.sequences
+        if df is None or len(df) == 0:
+            return []
+        idx = np.arange(len(df))
+        if mask is not None:
+            m = np.asarray(mask, dtype=bool)
+            idx = idx[m]
+        if order is not None and len(idx):
+            o = np.asarray(order, dtype=float)[idx]
+            idx = idx[np.argsort(-np.nan_to_num(o, nan=-np.inf), kind="stable")]
+        col = "uid" if "uid" in df.columns else ("seq" if "seq" in df.columns else None)
+        if col is None:
+            return [int(i) for i in idx[:n]]
+        vals = df[col].to_numpy()[idx[:n]]
+        return [v.item() if hasattr(v, "item") else v for v in vals]
+
+
+FLOAT_COLUMNS = (
+    "reward", "success", "num_tool_calls", "num_tool_errors", "group", "rank", "completion_len", "advantage",
+    "logprob_sum", "logprob_sum_after", "old_logprob_sum", "control_unexpected_max",
+)  # fmt: skip
+OBJECT_COLUMNS = ("turn_texts", "text", "finish_reason")
+
+
+def _to_float(col: pd.Series) -> np.ndarray:
+    try:
+        return col.to_numpy(dtype=float, na_value=np.nan)
+    except (TypeError, ValueError):
+        return pd.to_numeric(col, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+
+def sequence_arrays(seqs: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The columns the statistics need, converted once: numbers as float64 (NaN when missing),
+    text columns as object arrays. `scan` converts the whole table once and slices it per step."""
+    out: dict[str, np.ndarray] = {}
+    for name in FLOAT_COLUMNS:
+        if name in seqs.columns:
+            out[name] = _to_float(seqs[name])
+    for name in OBJECT_COLUMNS:
+        if name in seqs.columns:
+            out[name] = seqs[name].to_numpy(dtype=object)
+    return out
+
+
+def _group_stats(
+    group: np.ndarray, rank: np.ndarray | None, reward: np.ndarray, success: np.ndarray | None
+) -> dict[str, float]:
+    """Share of GRPO groups (size > 1) whose rewards are all equal, split into all-correct and
+    all-wrong (by the success flag when known, else by the step's reward range, else by sign)."""
+    ok = np.isfinite(group) & (group >= 0) & np.isfinite(reward)
+    if not ok.any():
+        return {}
+    key = group[ok].astype(np.int64)
+    if rank is not None:
+        key = key + rank[ok].astype(np.int64) * (1 << 32)
+    r = reward[ok]
+    order = np.argsort(key, kind="stable")
+    _, start, counts = np.unique(key[order], return_index=True, return_counts=True)
+    rmax = np.maximum.reduceat(r[order], start)
+    rmin = np.minimum.reduceat(r[order], start)
+    real = counts > 1
+    if not real.any():
+        return {}
+    zero = (rmax - rmin <= 1e-9)[real]
+    if success is not None and np.isfinite(success[ok]).all():
+        smean = np.add.reduceat(success[ok][order], start)[real] / counts[real]
+        correct, wrong = smean >= 1.0, smean <= 0.0
+    else:
+        top, bottom = float(r.max()), float(r.min())
+        level = rmax[real]
+        if top > bottom:
+            correct, wrong = level >= top, level <= bottom
+        else:
+            correct, wrong = level > 0, level <= 0
+    return {
+        "groups/zero_adv_frac": float(zero.mean()),
+        "groups/zero_adv_all_correct": float((zero & correct).mean()),
+        "groups/zero_adv_all_wrong": float((zero & wrong).mean()),
+    }
+
+
+def sample_index(n: int, limit: int | None) -> np.ndarray:
+    """Evenly spaced rows (deterministic, so live and scan see the same sample)."""
+    if limit is None or n <= limit:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, limit).round().astype(int))
+
+
+def derive_sequence_stats(
+    seqs: pd.DataFrame | Mapping[str, np.ndarray], max_classified: int | None = None
+) -> tuple[dict[str, float], list[StructuralState | None] | None]:
+    """Step statistics from the sequences rows of one step (all ranks), given as a DataFrame or as
+    `sequence_arrays`. Text statistics (structural states, repetition) use at most `max_classified`
+    evenly spaced rollouts; `None` marks the rest."""
+    if isinstance(seqs, pd.DataFrame):
+        n = len(seqs)
+        seqs = sequence_arrays(seqs)
+    else:
+        n = len(next(iter(seqs.values()))) if seqs else 0
+    out: dict[str, float] = {}
+    states: list[StructuralState] | None = None
+    if n == 0:
+        return out, None
+    out["seq/count"] = float(n)
+
+    reward = seqs.get("reward")
+    if reward is not None and np.isfinite(reward).any():
+        out["seq/reward_mean"] = float(np.nanmean(reward))
+    success = seqs.get("success")
+    if success is not None and np.isfinite(success).any():
+        out["seq/success_rate"] = float(np.nanmean(success))
+
+    calls = seqs.get("num_tool_calls")
+    if calls is not None and np.isfinite(calls).any():
+        out["seq/tool_calls_mean"] = float(np.nanmean(calls))
+        out["seq/no_tool_frac"] = float(np.mean(calls <= 0))
+        errors = seqs.get("num_tool_errors")
+        if errors is not None and np.nansum(calls) > 0:
+            out["seq/tool_error_rate"] = float(np.nansum(errors) / max(np.nansum(calls), 1.0))
+
+    picked = sample_index(n, max_classified)
+    turns = seqs.get("turn_texts")
+    if turns is None and "text" in seqs:
+        turns = [[t] for t in seqs["text"]]
+    if turns is not None:
+        summaries = [summarize_rollout(turns[i]) for i in picked]
+        states = [None] * n
+        for i, summary in zip(picked, summaries, strict=True):
+            states[i] = summary.state
+        counts = dict.fromkeys(STRUCTURAL_STATES, 0)
+        for summary in summaries:
+            for k, v in summary.counts.items():
+                counts[k] += v
+        total = sum(counts.values())
+        for k in STRUCTURAL_STATES:
+            out[f"state/{k}"] = counts[k] / total if total else 0.0
+        out["state/broken_turns"] = (
+            (counts["text_pollution"] + counts["full_collapse"]) / total if total else 0.0
+        )
+        out["state/broken_rollouts"] = sum(x.state in _BROKEN for x in summaries) / max(len(summaries), 1)
+
+    group = seqs.get("group")
+    if reward is not None and group is not None:
+        rank = seqs.get("rank")
+        rank = rank if rank is not None and np.isfinite(rank).all() else None
+        out.update(_group_stats(group, rank, reward, success))
+
+    length = seqs.get("completion_len")
+    if length is not None and np.isfinite(length).any():
+        out["seq/length_mean"] = float(np.nanmean(length))
+    finish = seqs.get("finish_reason")
+    if finish is not None:
+        out["seq/truncated_frac"] = float(np.mean([f in TRUNCATED_REASONS for f in finish]))
+    if "text" in seqs:
+        texts = seqs["text"][picked]
+        cover = [repeated_ngram_coverage(t) if isinstance(t, str) else 0.0 for t in texts]
+        out["seq/repetition_frac"] = float(np.mean(np.asarray(cover) >= 0.5))
+
+    adv = seqs.get("advantage")
+    before = seqs.get("logprob_sum")
+    after = seqs.get("logprob_sum_after")
+    if adv is not None and before is not None and after is not None:
+        pos = (adv > 0) & np.isfinite(before) & np.isfinite(after)
+        if pos.any():
+            delta = after[pos] - before[pos]
+            out["lazy/decrease_frac"] = float(np.mean(delta < 0))
+            lens = length[pos] if length is not None else np.ones(pos.sum())
+            out["lazy/delta_per_token"] = float(np.nanmean(delta / np.maximum(lens, 1.0)))
+    old = seqs.get("old_logprob_sum")
+    if old is not None and before is not None:
+        ok = np.isfinite(old) & np.isfinite(before)
+        if ok.any():
+            lens = length[ok] if length is not None else np.ones(ok.sum())
+            out["mismatch/abs_per_token"] = float(
+                np.nanmean(np.abs(before[ok] - old[ok]) / np.maximum(lens, 1.0))
+            )
+    cmax = seqs.get("control_unexpected_max")
+    if cmax is not None and np.isfinite(cmax).any():
+        out["seq/control_unexpected_frac"] = float(np.nanmean(cmax >= 0.1))
+    return out, states
+
+
+def step_features(
+    step: int,
+    scalars: Mapping[str, Any],
+    sequences: pd.DataFrame | None,
+    max_classified: int | None = None,
+    arrays: Mapping[str, np.ndarray] | None = None,
+) -> StepFeatures:
+    """Build the detectors' view of one step. Bad cells become NaN; nothing here raises on odd input."""
+    clean: dict[str, float] = {}
+    for k, v in (scalars or {}).items():
+        if k == "step":
+            continue
+        clean[str(k)] = _finite(v)
+    derived: dict[str, float] = {}
+    states = None
+    if sequences is not None and len(sequences):
+        derived, states = derive_sequence_stats(arrays if arrays is not None else sequences, max_classified)
+    return StepFeatures(int(step), clean, derived, sequences, states)

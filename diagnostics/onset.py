@@ -1,0 +1,49 @@
+"""The fixed collapse-onset definition, so lead times stay comparable across runs and tools.
+
+Onset is the first step of the first run of `run` consecutive steps in which the `window`-step
+moving mean of the task success rate is below `frac` of its running peak.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+ONSET_WINDOW = 5
+ONSET_RUN = 5
+ONSET_FRACTION = 0.5
+
+
+def collapse_onset(
+    steps: Sequence[int] | np.ndarray,
+    success: Sequence[float] | np.ndarray,
+    window: int = ONSET_WINDOW,
+    run: int = ONSET_RUN,
+    frac: float = ONSET_FRACTION,
+) -> int | None:
+    """Onset step or None. Non-finite success values are skipped (they do not break a run)."""
+    s = pd.Series(np.asarray(success, dtype=float), index=np.asarray(steps)).sort_index()
+    s = s[np.isfinite(s.to_numpy())]
+    if len(s) < window + run - 1:
+        return None
+    mean = s.rolling(window, min_periods=window).mean()
+    peak = mean.cummax()
+    below = (mean < frac * peak) & (peak > 0)
+    streak = 0
+    for i, b in enumerate(below.to_numpy()):
+        streak = streak + 1 if b else 0
+        if streak == run:
+            return int(below.index[i - run + 1])
+    return None
+
+
+def success_series(steps_table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(steps, values, name) of the success rate in a wide steps table, falling back to reward/mean."""
+    for name in ("success/rate", "seq/success_rate", "reward/mean", "seq/reward_mean"):
+        if name in steps_table.columns:
+            vals = pd.to_numeric(steps_table[name], errors="coerce").to_numpy(dtype=float)
+            if np.isfinite(vals).any():
+                return steps_table["step"].to_numpy(), vals, name
+    return None

@@ -1,0 +1,223 @@
+"""Post-mortem: replay the live detectors over a stored run and say when and why it collapsed.
+
+`scan` feeds every stored step, in order, through the same LiveMonitor the hook runs during
+training, then adds the fixed collapse onset (diagnostics.onset), the lead time of the first
+critical alert, and the control-token root-cause ranking.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from collapsewatch.diagnostics.alerts import Alert
+from collapsewatch.diagnostics.detector_base import MonitorConfig
+from collapsewatch.diagnostics.features import sequence_arrays
+from collapsewatch.diagnostics.live import LiveMonitor
+from collapsewatch.diagnostics.onset import collapse_onset
+from collapsewatch.diagnostics.root_cause import rank_control_tokens
+from collapsewatch.diagnostics.token_stats import control_stats_from_tokens
+from collapsewatch.errors import UserError
+from collapsewatch.schema import SEQUENCES_SCHEMA
+
+SUCCESS_NAMES = ("success/rate", "seq/success_rate", "reward/mean", "seq/reward_mean")
+# Sequence columns the detectors read (prompt, info and reward components are not needed).
+SEQUENCE_COLUMNS = tuple(
+    n for n in SEQUENCES_SCHEMA.names if n not in ("prompt", "info", "reward_components")
+)
+STATE_NAMES = (
+    "state/healthy_tool_call",
+    "state/healthy_response",
+    "state/text_pollution",
+    "state/full_collapse",
+)
+
+
+@dataclass
+class Findings:
+    """What `scan` found. `to_dict()` is the JSON `collapsewatch scan --json` prints."""
+
+    run: str
+    path: str
+    steps: int
+    collapse_onset_step: int | None
+    onset_series: str | None
+    first_critical_step: int | None
+    first_warning_step: int | None
+    lead_steps: int | None
+    alerts: list[Alert]
+    root_cause: list[dict]
+    warnings: list[str] = field(default_factory=list)
+    timeline: pd.DataFrame | None = None  # per step: success series, structural shares, confidence
+    per_step: dict[int, dict[str, float]] | None = None  # the scalars the detectors saw, by step
+
+    def to_dict(self) -> dict[str, Any]:
+        skip = ("alerts", "timeline", "per_step", "root_cause")
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        d["alerts"] = [a.to_dict() for a in self.alerts]
+        d["root_cause"] = [_clean(r) for r in self.root_cause]
+        return d
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "item"):
+        return obj.item()
+    return obj
+
+
+def open_any_run(run_or_path: Any):
+    from collapsewatch.store.reader import Run, open_run
+
+    if isinstance(run_or_path, Run):
+        return run_or_path
+    if isinstance(run_or_path, (str, os.PathLike)):
+        return open_run(run_or_path)
+    raise UserError(f"scan needs a run directory or a Run, got {type(run_or_path).__name__}")
+
+
+def per_step_scalars(long: pd.DataFrame) -> dict[int, dict[str, float]]:
+    """Long steps table -> {step: {name: value}} (last value per name and step, across ranks)."""
+    if long.empty:
+        return {}
+    long = long.sort_values(["step", "time"], kind="stable")
+    out: dict[int, dict[str, float]] = {}
+    steps = long["step"].to_numpy()
+    names = long["name"].to_numpy()
+    values = long["value"].to_numpy(dtype=float)
+    bounds = np.flatnonzero(np.diff(steps)) + 1
+    for chunk in np.split(np.arange(len(steps)), bounds):
+        if len(chunk):
+            out[int(steps[chunk[0]])] = dict(zip(names[chunk].tolist(), values[chunk].tolist(), strict=True))
+    return out
+
+
+def replay(
+    per_step: Mapping[int, Mapping[str, float]],
+    sequences: pd.DataFrame | None,
+    control_tokens: list | None = None,
+    config: MonitorConfig | Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> tuple[list[Alert], pd.DataFrame]:
+    """Run the live detectors over stored steps. Returns alerts and a per-step timeline frame."""
+    monitor = LiveMonitor(control_tokens=control_tokens, config=config, source="scan")
+    by_step: dict[int, tuple[int, int]] = {}
+    arrays: dict[str, np.ndarray] = {}
+    if sequences is not None and len(sequences):
+        sequences = sequences.sort_values("step", kind="stable").reset_index(drop=True)
+        arrays = sequence_arrays(sequences)  # converted once, sliced per step
+        seq_steps = sequences["step"].to_numpy()
+        uniq, starts = np.unique(seq_steps, return_index=True)
+        ends = np.append(starts[1:], len(seq_steps))
+        by_step = {int(s): (int(a), int(b)) for s, a, b in zip(uniq, starts, ends, strict=True)}
+    steps = sorted(set(per_step) | set(by_step))
+    rows = []
+    iterator = steps
+    bar = None
+    if progress and len(steps) > 200:
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        bar.start()
+        task = bar.add_task("scanning steps", total=len(steps))
+    try:
+        for step in iterator:
+            span = by_step.get(step)
+            if span is None:
+                monitor.update(step, per_step.get(step, {}), None)
+            else:
+                a, b = span
+                monitor.update(
+                    step,
+                    per_step.get(step, {}),
+                    sequences.iloc[a:b],
+                    arrays={k: v[a:b] for k, v in arrays.items()},
+                )
+            f = monitor.last_features
+            row = {"step": step, "confidence": monitor.confidence}
+            if f is not None:
+                for n in SUCCESS_NAMES + STATE_NAMES + ("entropy/mean", "tokens/entropy_mean", "kl/mean"):
+                    row[n] = f.get(n)
+            rows.append(row)
+            if bar is not None:
+                bar.advance(task)
+    finally:
+        if bar is not None:
+            bar.stop()
+    return monitor.alerts, pd.DataFrame(rows)
+
+
+def onset_from_timeline(timeline: pd.DataFrame) -> tuple[int | None, str | None]:
+    for name in SUCCESS_NAMES:
+        if name in timeline.columns:
+            vals = pd.to_numeric(timeline[name], errors="coerce").to_numpy(dtype=float)
+            if np.isfinite(vals).sum() >= 2:
+                return collapse_onset(timeline["step"].to_numpy(), vals), name
+    return None, None
+
+
+def scan(
+    run_or_path: Any,
+    config: MonitorConfig | Mapping[str, Any] | None = None,
+    progress: bool = False,
+    use_tokens: bool | None = None,
+) -> Findings:
+    """Replay the detectors over a run. Bad input raises UserError (one line); a partly readable run
+    (a corrupt file skipped) gives findings with a warning. `use_tokens=None` recomputes control-token
+    statistics from the tokens table only when the run has no `ctrl/...` scalars."""
+    run = open_any_run(run_or_path)
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        long = run.scalars()
+        seqs = run.sequences(columns=[*SEQUENCE_COLUMNS, "rank"])
+        per_step = per_step_scalars(long)
+        has_ctrl = any(n.startswith("ctrl/") for n in long["name"].unique()) if not long.empty else False
+        if use_tokens or (use_tokens is None and not has_ctrl):
+            token_stats = control_stats_from_tokens(run)
+            if token_stats:
+                notes.append("control-token statistics recomputed from the captured token rows")
+            for step, stats in token_stats.items():
+                merged = dict(stats)
+                merged.update(per_step.get(step, {}))
+                per_step[step] = merged
+    notes += [str(w.message) for w in caught]
+    if not per_step and seqs.empty:
+        raise UserError(f"run {run.path} has no steps yet (nothing to scan)")
+    status = run.status
+    if status == "crashed":
+        notes.append("the run's writer crashed or vanished; findings cover the steps it wrote")
+    alerts, timeline = replay(per_step, seqs, run.control_tokens, config, progress)
+    onset, series = onset_from_timeline(timeline)
+    if series in ("reward/mean", "seq/reward_mean"):
+        notes.append("no success rate in this run: collapse onset computed on the mean reward")
+    criticals = [a.step for a in alerts if a.severity == "critical"]
+    warns = [a.step for a in alerts if a.rank >= 1]
+    first_critical = min(criticals) if criticals else None
+    lead = onset - first_critical if onset is not None and first_critical is not None else None
+    ranking = rank_control_tokens(per_step, onset, warmup=MonitorConfig.from_any(config).warmup)
+    return Findings(
+        run=run.name,
+        path=str(run.path),
+        steps=len(timeline),
+        collapse_onset_step=onset,
+        onset_series=series,
+        first_critical_step=first_critical,
+        first_warning_step=min(warns) if warns else None,
+        lead_steps=lead,
+        alerts=alerts,
+        root_cause=ranking,
+        warnings=notes,
+        timeline=timeline,
+        per_step=per_step,
+    )

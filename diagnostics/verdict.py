@@ -1,0 +1,82 @@
+"""The combined verdict: page (critical) only when independent detector families agree.
+
+Single detectors warn; a page needs warnings from at least `verdict_min_families` different families
+(control tokens, structure, outcome, behaviour, exploration, optimisation, length) within
+`verdict_window` steps. Non-finite values page on their own. Confidence is a plain heuristic:
+the number of agreeing families over three (one family 33%, two 67%, three or more 100%).
+"""
+
+from __future__ import annotations
+
+from collapsewatch.diagnostics.alerts import Alert
+from collapsewatch.diagnostics.detector_base import MonitorConfig
+
+# Families whose agreement would be double counting: the outcome and tool-rate families describe the
+# collapse itself; the control and structure families are the early, format-level evidence.
+_FAMILY_LABEL = {
+    "control": "control-token probabilities",
+    "structure": "structural states",
+    "outcome": "task success",
+    "behaviour": "tool-call rate",
+    "exploration": "entropy / learning signal",
+    "optimization": "optimizer statistics",
+    "length": "rollout length",
+}
+
+
+class CombinedVerdict:
+    name = "verdict"
+    family = "verdict"
+
+    def __init__(self, config: MonitorConfig):
+        self.config = config
+        self.last_warning: dict[str, int] = {}
+        self.last_page: int | None = None
+        self.confidence = 0.0
+        self.families_seen: set[str] = set()
+
+    def update(self, step: int, alerts: list[Alert], families_with_data: set[str]) -> list[Alert]:
+        c = self.config
+        self.families_seen |= families_with_data
+        for a in alerts:
+            if a.rank >= 1 and a.family in _FAMILY_LABEL:
+                self.last_warning[a.family] = step
+        agreeing = sorted(f for f, s in self.last_warning.items() if step - s < c.verdict_window)
+        self.confidence = min(1.0, len(agreeing) / 3.0)
+        if len(agreeing) < c.verdict_min_families:
+            return []
+        if self.last_page is not None and step - self.last_page < c.verdict_cooldown:
+            return []
+        self.last_page = step
+        supporting = [
+            {"step": a.step, "detector": a.detector, "family": a.family}
+            for a in alerts
+            if a.family in agreeing
+        ]
+        labels = ", ".join(_FAMILY_LABEL[f] for f in agreeing)
+        lead = next((a for a in alerts if a.family == "control"), None)
+        hint = ""
+        if lead is not None:
+            hint = f" First suspect: p({lead.evidence.get('token')}) at {lead.evidence.get('position_type')} positions."
+        msg = (
+            f"Collapse likely: {len(agreeing)} independent signal families agree within {c.verdict_window} steps "
+            f"({labels}); confidence {self.confidence:.0%}.{hint} Act now: stop or roll back to the last good "
+            "checkpoint, lower the learning rate, and add supervision (interleaved SFT or expert rollouts)."
+        )
+        return [
+            Alert(
+                step=step,
+                detector="verdict",
+                severity="critical",
+                message=msg,
+                value=float(len(agreeing)),
+                baseline=float(c.verdict_min_families),
+                evidence={
+                    "step": step,
+                    "families": agreeing,
+                    "confidence": self.confidence,
+                    "alerts": supporting,
+                },
+                family="verdict",
+            )
+        ]

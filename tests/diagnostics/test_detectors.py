@@ -1,0 +1,242 @@
+"""Each detector on constructed series: fires on the anomaly, stays quiet on noise, respects warm-up
+and cooldown. Steps are built as (scalars, sequences) the way the Recorder hands them over."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from collapsewatch.diagnostics.behaviour_detectors import (
+    LengthCollapse,
+    StructuralShift,
+    SuccessCollapse,
+    ToolCallRateCollapse,
+)
+from collapsewatch.diagnostics.control_spike import ControlTokenSpike
+from collapsewatch.diagnostics.detector_base import MonitorConfig
+from collapsewatch.diagnostics.features import step_features
+from collapsewatch.diagnostics.training_detectors import (
+    ClipSaturation,
+    EntropyCollapse,
+    LazyLikelihood,
+    NonFinite,
+    OptimizerSpikes,
+    SamplerMismatch,
+    ZeroAdvantageGroups,
+)
+from collapsewatch.schema import control_stat_name
+
+CONFIG = MonitorConfig(warmup=20, cooldown=10)
+CALL = '<tool_call>{"name": "get", "arguments": {"a": 1}}</tool_call><|im_end|>'
+N = 32
+
+
+def jitter(rng, x, rel=0.1):
+    return float(x * math.exp(rel * rng.normal()))
+
+
+def seqs_frame(rng, **cols) -> pd.DataFrame:
+    base = {
+        "seq": np.arange(N),
+        "uid": [f"u{i}" for i in range(N)],
+        "group": np.arange(N) // 4,
+        "reward": (rng.random(N) < 0.6).astype(float),
+        "completion_len": rng.integers(35, 45, N),
+        "finish_reason": ["stop"] * N,
+        "num_tool_calls": np.ones(N, dtype=int),
+        "turn_texts": [[CALL, "alice has 40."] for _ in range(N)],
+    }
+    base.update(cols)
+    return pd.DataFrame(base)
+
+
+# step builders: (rng, anomalous) -> (scalars, sequences or None)
+def ctrl_step(rng, bad):
+    name = control_stat_name("<|im_end|>", "after_open_tag", "mean")
+    return {name: jitter(rng, 1e-5, 0.3) * (200 if bad else 1)}, None
+
+
+def structure_step(rng, bad):
+    broken = rng.random(N) < (0.5 if bad else 0.03)
+    turns = [["<tool_call><|im_end|>"] if b else [CALL, "alice has 40."] for b in broken]
+    return {}, seqs_frame(rng, turn_texts=turns)
+
+
+def success_step(rng, bad):
+    return {"success/rate": float(np.clip(rng.normal(0.15 if bad else 0.8, 0.04), 0, 1))}, None
+
+
+def tool_rate_step(rng, bad):
+    return {"tool_calls/per_rollout": jitter(rng, 0.2 if bad else 1.5, 0.05)}, None
+
+
+def entropy_low_step(rng, bad):
+    return {"entropy/mean": jitter(rng, 0.01 if bad else 0.5, 0.05)}, None
+
+
+def entropy_high_step(rng, bad):
+    return {"entropy/mean": jitter(rng, 2.0 if bad else 0.5, 0.05)}, None
+
+
+def zero_adv_step(rng, bad):
+    reward = np.zeros(N) if bad else (rng.random(N) < 0.5).astype(float)
+    if not bad:
+        reward[::4], reward[1::4] = 1.0, 0.0  # every group mixed
+    return {}, seqs_frame(rng, reward=reward)
+
+
+def clip_step(rng, bad):
+    return {"clip/frac": jitter(rng, 0.25 if bad else 0.01, 0.1)}, None
+
+
+def grad_step(rng, bad):
+    return {"grad_norm": jitter(rng, 40.0 if bad else 0.5, 0.1)}, None
+
+
+def kl_step(rng, bad):
+    return {"kl/mean": jitter(rng, 1.0 if bad else 0.01, 0.1)}, None
+
+
+def loss_step(rng, bad):
+    return {"loss": float(rng.normal(0.0, 0.01)) + (5.0 if bad else 0.0)}, None
+
+
+def nonfinite_step(rng, bad):
+    return {"loss": math.nan if bad else float(rng.normal(0, 0.01)), "grad_norm": 0.5}, None
+
+
+def length_step(rng, bad):
+    return {"length/mean": jitter(rng, 4.0 if bad else 40.0, 0.05)}, None
+
+
+def truncation_step(rng, bad):
+    return {"length/truncated_frac": float(np.clip(rng.normal(0.7 if bad else 0.02, 0.01), 0, 1))}, None
+
+
+def repetition_step(rng, bad):
+    text = "alice alice has has 40 " * 20 if bad else "alice has 40 coins and bob has 12 coins now."
+    return {}, seqs_frame(rng, text=[text] * N)
+
+
+def lazy_step(rng, bad):
+    adv = np.where(np.arange(N) % 2 == 0, 1.0, -1.0)
+    before = -rng.uniform(20, 30, N)
+    after = before + (rng.normal(-2.0, 0.5, N) if bad else rng.normal(1.0, 0.5, N))
+    return {}, seqs_frame(rng, advantage=adv, logprob_sum=before, logprob_sum_after=after)
+
+
+def mismatch_step(rng, bad):
+    before = -rng.uniform(20, 30, N)
+    old = before + rng.normal(0, 8.0 if bad else 0.05, N)
+    return {}, seqs_frame(rng, logprob_sum=before, old_logprob_sum=old)
+
+
+DETECTORS = [
+    (ControlTokenSpike, ctrl_step, "control_spike"),
+    (StructuralShift, structure_step, "structural_shift"),
+    (SuccessCollapse, success_step, "success_collapse"),
+    (ToolCallRateCollapse, tool_rate_step, "tool_call_rate"),
+    (EntropyCollapse, entropy_low_step, "entropy_collapse"),
+    (EntropyCollapse, entropy_high_step, "entropy_spike"),
+    (ZeroAdvantageGroups, zero_adv_step, "zero_advantage"),
+    (ClipSaturation, clip_step, "clip"),
+    (OptimizerSpikes, grad_step, "grad_norm_spike"),
+    (OptimizerSpikes, kl_step, "kl_spike"),
+    (OptimizerSpikes, loss_step, "loss_spike"),
+    (NonFinite, nonfinite_step, "non_finite"),
+    (LengthCollapse, length_step, "length_collapse"),
+    (LengthCollapse, truncation_step, "truncation"),
+    (LengthCollapse, repetition_step, "repetition"),
+    (LazyLikelihood, lazy_step, "lazy_likelihood"),
+    (SamplerMismatch, mismatch_step, "sampler_mismatch"),
+]
+IDS = [d[2] for d in DETECTORS]
+
+
+def run_detector(cls, builder, bad_steps, n_steps=80, seed=0):
+    rng = np.random.default_rng(seed)
+    det = cls(CONFIG)
+    alerts = []
+    for step in range(n_steps):
+        scalars, seqs = builder(rng, step in bad_steps)
+        alerts += det.update(step_features(step, scalars, seqs))
+    return alerts
+
+
+@pytest.mark.parametrize(("cls", "builder", "name"), DETECTORS, ids=IDS)
+def test_stays_quiet_on_noise(cls, builder, name):
+    for seed in range(3):
+        alerts = [a for a in run_detector(cls, builder, set(), seed=seed) if a.rank >= 1]
+        assert alerts == [], [a.message for a in alerts]
+
+
+@pytest.mark.parametrize(("cls", "builder", "name"), DETECTORS, ids=IDS)
+def test_fires_soon_after_the_anomaly(cls, builder, name):
+    alerts = run_detector(cls, builder, set(range(40, 80)))
+    mine = [a for a in alerts if a.detector == name]
+    assert mine, f"{name} did not fire"
+    first = mine[0]
+    assert 40 <= first.step <= 46
+    assert first.severity in ("warning", "critical")
+    assert first.message and "fix" in first.message.lower()
+    assert first.evidence["step"] == first.step
+    assert first.family
+
+
+@pytest.mark.parametrize(("cls", "builder", "name"), DETECTORS, ids=IDS)
+def test_respects_warmup(cls, builder, name):
+    if cls is NonFinite:
+        pytest.skip("non-finite values are critical at once, warm-up or not")
+    alerts = run_detector(cls, builder, set(range(5, 10)))
+    assert [a for a in alerts if a.rank >= 1] == []
+
+
+@pytest.mark.parametrize(("cls", "builder", "name"), DETECTORS, ids=IDS)
+def test_respects_cooldown(cls, builder, name):
+    alerts = [a for a in run_detector(cls, builder, set(range(40, 80))) if a.detector == name]
+    steps = [a.step for a in alerts]
+    assert all(b - a >= CONFIG.cooldown for a, b in zip(steps, steps[1:], strict=False)), steps
+    assert len(steps) <= 4
+
+
+def test_single_step_control_blip_is_not_an_alert():
+    alerts = run_detector(ControlTokenSpike, ctrl_step, {50})
+    assert alerts == []
+
+
+def test_control_spike_names_token_position_and_rollouts():
+    rng = np.random.default_rng(1)
+    det = ControlTokenSpike(CONFIG, control_tokens=["<|im_end|>"])
+    alerts = []
+    for step in range(60):
+        scalars, _ = ctrl_step(rng, step >= 40)
+        seqs = seqs_frame(rng, control_unexpected_max=np.linspace(0, 0.9, N))
+        alerts += det.update(step_features(step, scalars, seqs))
+    a = alerts[0]
+    assert a.evidence["token"] == "<|im_end|>" and a.evidence["position_type"] == "after_open_tag"
+    assert a.evidence["rollouts"][0] == f"u{N - 1}"  # the rollout with the highest unexpected probability
+    assert a.value > 50 * a.baseline
+
+
+def test_control_spike_ignores_tokens_it_was_not_told_about():
+    rng = np.random.default_rng(2)
+    det = ControlTokenSpike(CONFIG, control_tokens=["<tool_call>"])
+    alerts = []
+    for step in range(60):
+        scalars, _ = ctrl_step(rng, step >= 40)
+        alerts += det.update(step_features(step, scalars, None))
+    assert alerts == []
+
+
+def test_zero_advantage_all_correct_is_only_info():
+    rng = np.random.default_rng(3)
+    det = ZeroAdvantageGroups(CONFIG)
+    alerts = []
+    for step in range(60):
+        reward = np.ones(N) if step >= 40 else np.tile([1.0, 0.0, 1.0, 0.0], N // 4)
+        alerts += det.update(step_features(step, {}, seqs_frame(rng, reward=reward)))
+    assert alerts and all(a.severity == "info" for a in alerts)
+    assert "all-correct" in alerts[0].message

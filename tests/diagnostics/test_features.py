@@ -1,0 +1,64 @@
+"""Statistics the detectors derive from a step's rollouts."""
+
+import numpy as np
+import pandas as pd
+
+from collapsewatch.diagnostics.features import (
+    derive_sequence_stats,
+    repeated_ngram_coverage,
+    sample_index,
+    step_features,
+)
+
+CALL = '<tool_call>{"name": "f", "arguments": {}}</tool_call>'
+
+
+def test_group_stats_split_all_correct_and_all_wrong_per_rank():
+    seqs = pd.DataFrame(
+        {
+            "group": [0, 0, 1, 1, 0, 0],
+            "rank": [0, 0, 0, 0, 1, 1],  # group 0 of rank 1 is another prompt than group 0 of rank 0
+            "reward": [1.0, 1.0, 0.0, 0.0, 1.0, 0.0],
+            "success": [True, True, False, False, True, False],
+        }
+    )
+    out, _ = derive_sequence_stats(seqs)
+    assert out["groups/zero_adv_frac"] == 2 / 3
+    assert out["groups/zero_adv_all_correct"] == 1 / 3
+    assert out["groups/zero_adv_all_wrong"] == 1 / 3
+
+
+def test_structural_shares_and_sampling_are_deterministic():
+    turns = [[CALL, "done."]] * 6 + [["<tool_call>"]] * 4
+    seqs = pd.DataFrame({"turn_texts": turns, "uid": [f"u{i}" for i in range(10)]})
+    out, states = derive_sequence_stats(seqs)
+    assert out["state/full_collapse"] == 4 / 16 and out["state/broken_rollouts"] == 0.4
+    _, sampled = derive_sequence_stats(seqs, max_classified=5)
+    assert [i for i, s in enumerate(sampled) if s is not None] == list(sample_index(10, 5))
+    assert list(sample_index(10, 5)) == list(sample_index(10, 5)) and len(sample_index(1000, 128)) == 128
+
+
+def test_lazy_likelihood_mismatch_and_repetition():
+    seqs = pd.DataFrame(
+        {
+            "advantage": [1.0, 1.0, -1.0, 1.0],
+            "logprob_sum": [-10.0, -10.0, -10.0, -10.0],
+            "logprob_sum_after": [-12.0, -8.0, -20.0, -11.0],
+            "old_logprob_sum": [-10.0, -11.0, -10.0, -10.0],
+            "completion_len": [10, 10, 10, 10],
+            "text": ["a b c d " * 10, "the answer is 4", "", None],
+        }
+    )
+    out, _ = derive_sequence_stats(seqs)
+    assert out["lazy/decrease_frac"] == 2 / 3
+    assert np.isclose(out["mismatch/abs_per_token"], 0.025)
+    assert out["seq/repetition_frac"] == 0.25
+    assert repeated_ngram_coverage("one two three four five six seven eight") == 0.0
+
+
+def test_canonical_scalars_win_over_derived_and_bad_cells_become_nan():
+    seqs = pd.DataFrame({"success": [True, False], "reward": ["x", 1.0]})
+    f = step_features(3, {"success/rate": 0.9, "loss": "oops"}, seqs)
+    assert f.first("success/rate", "seq/success_rate") == 0.9
+    assert f.get("seq/success_rate") == 0.5
+    assert np.isnan(f.get("loss"))

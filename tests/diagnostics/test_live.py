@@ -1,0 +1,117 @@
+"""LiveMonitor end to end on constructed runs, the combined verdict, and the three sinks."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+from rich.console import Console
+
+from collapsewatch.diagnostics import LiveMonitor
+from collapsewatch.diagnostics.alerts import Alert
+from collapsewatch.diagnostics.sinks import ConsoleSink, JsonlSink, WebhookSink
+from collapsewatch.diagnostics.synthetic import synthetic_run
+
+
+def feed(monitor, **kwargs):
+    for s in synthetic_run(**kwargs):
+        monitor.update(s.step, s.scalars, s.sequences)
+    return monitor.alerts
+
+
+def test_collapsing_run_pages_before_success_falls_and_stable_run_stays_quiet():
+    alerts = feed(LiveMonitor(), n_steps=90, collapse_at=60, seed=3)
+    critical = [a for a in alerts if a.severity == "critical"]
+    assert critical and critical[0].detector == "verdict"
+    assert 52 <= critical[0].step <= 62
+    assert len(critical[0].evidence["families"]) >= 2
+    first_control = min(a.step for a in alerts if a.detector == "control_spike")
+    assert first_control <= critical[0].step
+    for seed in range(3):
+        stable = feed(LiveMonitor(), n_steps=90, collapse_at=None, seed=seed)
+        assert [a for a in stable if a.rank >= 1] == []
+
+
+def test_one_family_alone_never_pages():
+    mon = LiveMonitor()
+    for step in range(60):
+        mon.update(step, {"grad_norm": 50.0 if step >= 40 else 0.5 + 0.01 * (step % 3)})
+    assert any(a.detector == "grad_norm_spike" for a in mon.alerts)
+    assert not any(a.severity == "critical" for a in mon.alerts)
+    assert mon.should_stop("warning") and not mon.should_stop("critical") and not mon.should_stop(None)
+
+
+def test_nan_pages_at_once_and_monitor_survives_garbage():
+    mon = LiveMonitor()
+    assert mon.update(0, {"loss": float("nan")})[0].severity == "critical"
+    mon.update(1, {"loss": "not a number", "ctrl/x/y/mean": None}, sequences=None)
+    import pandas as pd
+
+    mon.update(2, {}, pd.DataFrame({"turn_texts": [None, 3, ["<tool_call>"]], "reward": ["a", None, 1]}))
+    assert mon.steps_seen == 3
+
+
+def test_console_and_jsonl_sinks(tmp_path):
+    buf = io.StringIO()
+    console = ConsoleSink("warning", console=Console(file=buf, width=200, color_system=None))
+    path = tmp_path / "alerts" / "alerts.jsonl"
+    jsonl = JsonlSink(path, "info")
+    mon = LiveMonitor(sinks=[console, jsonl])
+    feed(mon, n_steps=80, collapse_at=55, seed=1)
+    mon.close()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert len(lines) == len(mon.alerts) > 0
+    assert {"step", "detector", "severity", "message", "evidence"} <= set(lines[0])
+    assert "CRITICAL" in buf.getvalue() and "verdict" in buf.getvalue()
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802 - http.server API
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append((self.headers["Content-Type"], json.loads(body)))
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def webhook_server():
+    _Hook.received = []
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", _Hook.received
+    server.shutdown()
+    server.server_close()
+
+
+def test_webhook_posts_slack_json_for_critical_only(webhook_server):
+    url, received = webhook_server
+    sink = WebhookSink(url, "critical", run_name="exp1")
+    mon = LiveMonitor(sinks=[sink])
+    feed(mon, n_steps=80, collapse_at=55, seed=2)
+    sink.flush()
+    critical = [a for a in mon.alerts if a.severity == "critical"]
+    assert len(received) == len(critical) > 0 and sink.sent == len(critical)
+    ctype, payload = received[0]
+    assert ctype == "application/json"
+    assert payload["text"].startswith(":rotating_light: collapsewatch [exp1] *CRITICAL*")
+    assert payload["alert"]["detector"] == "verdict"
+    sink.close()
+
+
+def test_webhook_failure_is_counted_not_raised():
+    sink = WebhookSink("http://127.0.0.1:9/nothing-listens-here", "info", timeout=0.5)
+    sink.emit([Alert(step=1, detector="x", severity="critical", message="m")])
+    sink.flush()
+    assert sink.failures == 1 and sink.sent == 0
+    with pytest.raises(ValueError):
+        WebhookSink("ftp://example", "info")

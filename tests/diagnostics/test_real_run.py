@@ -1,0 +1,57 @@
+"""scan and report on a small run written by the real bundled trainer (tiny model, CPU, a few steps).
+
+Calibration figures on full-length runs live in benchmarks/detection_eval.py, not here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    from collapsewatch.trainer.recipes import recipe
+    from collapsewatch.trainer.train import train
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("real")
+    cfg = recipe(
+        "collapse",
+        steps=4,
+        tasks_per_step=2,
+        group_size=4,
+        sft_steps=5,
+        eval_tasks=2,
+        checkpoint_every=0,
+        device="cpu",
+    )
+    res = train(cfg, root, progress=False)
+    assert res["status"] == "finished"
+    return root / "collapse-s0"
+
+
+@pytest.mark.slow
+def test_scan_and_report_on_a_real_trainer_run(real_run, tmp_path):
+    import collapsewatch as cw
+    from collapsewatch.diagnostics import report, scan
+
+    run = cw.open_run(real_run)
+    f = scan(run)
+    assert f.steps == 4 and f.onset_series == "success/rate"
+    assert f.warnings == []
+    # one classifier: the trainer's states/* scalars equal the shares scan derives from turn_texts
+    steps = run.steps().set_index("step")
+    timeline = f.timeline.set_index("step")
+    for state in ("healthy_tool_call", "healthy_response", "text_pollution", "full_collapse"):
+        np.testing.assert_allclose(timeline[f"state/{state}"], steps[f"states/{state}"], atol=1e-9)
+    # live alerts written by the Recorder are a subset of what scan replays (same detectors, same steps)
+    live = {(int(a.step), a.detector) for a in run.alerts().itertuples()}
+    assert live <= {(a.step, a.detector) for a in f.alerts}
+    out = report(run, tmp_path / "real.html", findings=f)
+    html = out.read_text()
+    assert 'class="tok"' in html
+    assert "#" + str(int(run.tokens(steps=[1]).token_id.iloc[0])) + " " not in html  # tokens decoded, not ids
