@@ -22,15 +22,19 @@ RECIPES = ("collapse", "interleaved")
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """How much to train: the full demo (<= 15 min on 2 cores) or QUICK (<= 3 min)."""
+    """How much to train: the full demo (<= 15 min on 2 cores) or QUICK (<= 3 min).
+
+    `sets` are trainer config overrides (`collapsewatch train --set KEY=VALUE`), applied to the
+    warm start and to both recipes alike, so the two runs differ only by their supervision.
+    """
 
     steps: int
-    seed: int
-    overrides: tuple[str, ...] = ()
+    seed: int = 0
+    sets: tuple[str, ...] = ()
 
 
-FULL = DemoPlan(steps=120, seed=0)
-QUICK = DemoPlan(steps=60, seed=0, overrides=("--quick",))
+FULL = DemoPlan(steps=120)
+QUICK = DemoPlan(steps=40, sets=("eval_tasks=16", "checkpoint_every=0"))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="demo-out", metavar="ROOT", help="folder for the runs and reports")
     p.add_argument("--quick", action="store_true", help="smaller settings, <= 3 minutes")
-    p.add_argument("--steps", type=int, default=None, help="RL steps per run (default: 120, quick: 60)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"RL steps per run (default: {FULL.steps}, quick: {QUICK.steps})",
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--port", type=int, default=None, help="dashboard port (default: a free one)")
     p.add_argument("--no-dashboard", action="store_true")
@@ -58,7 +67,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "collapsewatch", *args]
 
 
-def _warm_start(quick: bool) -> None:
+def _warm_start(plan: DemoPlan) -> None:
     """Build (or load from cache) the tokenizer and SFT warm start once, before the runs share it."""
     import torch
 
@@ -66,7 +75,7 @@ def _warm_start(quick: bool) -> None:
     from collapsewatch.trainer.train import load_policy
 
     torch.set_num_threads(2)
-    cfg = recipe("collapse", **({"quick": True} if quick else {}))
+    cfg = recipe("collapse").override_from_strings(list(plan.sets))
     load_policy(cfg, torch.device("cpu"), 0, 1, lambda msg: print(f"  {msg}", flush=True))
 
 
@@ -92,7 +101,7 @@ def _train_all(out: Path, plan: DemoPlan, env: dict[str, str]) -> dict[str, int]
             "--no-progress",
             "--threads",
             "1",
-            *plan.overrides,
+            *(arg for kv in plan.sets for arg in ("--set", kv)),
         ]
         procs[name] = subprocess.Popen(_cli(*args), stdout=logs[name], stderr=subprocess.STDOUT, env=env)
     columns = (
@@ -136,7 +145,7 @@ def run_demo(args: argparse.Namespace) -> int:
     plan = DemoPlan(
         steps=args.steps or base.steps,
         seed=base.seed if args.seed is None else args.seed,
-        overrides=base.overrides,
+        sets=base.sets,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,7 +159,7 @@ def run_demo(args: argparse.Namespace) -> int:
     started = time.time()
 
     console.rule("[bold]1. warm start (SFT on expert trajectories, cached)")
-    _warm_start(args.quick)
+    _warm_start(plan)
 
     dashboard = None
     if not args.no_dashboard:
