@@ -28,19 +28,9 @@ from pathlib import Path
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from collapsewatch.dashboard.screenshot import CHROMIUM, launch_chromium
 from collapsewatch.dashboard.synthetic import SyntheticRun
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 GROUPS, SAMPLES = 8, 8
 TRACES_DRAWN = "#overview-graph .js-plotly-plot .main-svg .scatterlayer .trace"
 
@@ -117,16 +107,6 @@ def last_x_is(page, step: int, timeout_ms: int = 30_000) -> None:
     )
 
 
-def launch(p, profile: str):
-    return p.chromium.launch_persistent_context(
-        profile,
-        executable_path=CHROMIUM,
-        headless=True,
-        args=CHROMIUM_ARGS,
-        viewport={"width": 1400, "height": 1000},
-    )
-
-
 def cold_first_paint(p, root: Path, last_step: int) -> tuple[float, float]:
     """Fresh server process and fresh browser: open "/", then click the run (returns that time and
     the server's share of it: the page callback's request-to-response time)."""
@@ -134,7 +114,7 @@ def cold_first_paint(p, root: Path, last_step: int) -> tuple[float, float]:
     server = serve(root, port)
     profile = tempfile.mkdtemp(prefix="cw-bench-chromium-")
     try:
-        ctx = launch(p, profile)
+        ctx = launch_chromium(p, profile)
         page = ctx.new_page()
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_selector("tr[data-run='bench'] img.spark", timeout=60_000)
@@ -192,7 +172,7 @@ def measure(root: Path, repeats: int = 3) -> dict:
                 seed=1,
                 tokenizer_path=root / "bench" / "tokenizer.json",
             )
-            ctx = launch(p, profile)
+            ctx = launch_chromium(p, profile)
             page = ctx.new_page()
             page.goto(base + "/run/bench")
             page.wait_for_selector(TRACES_DRAWN, timeout=60_000)

@@ -30,7 +30,7 @@ import pandas as pd
 
 from collapsewatch.diagnostics.baseline import RobustBaseline, log10_prob, logit_rate, positive_log
 from collapsewatch.diagnostics.features import parse_control_stat, step_features
-from collapsewatch.diagnostics.onset import collapse_onset
+from collapsewatch.diagnostics.onset import collapse_onset, success_series
 from collapsewatch.diagnostics.scan import SEQUENCE_COLUMNS, per_step_scalars, scan
 
 WARMUP = 20
@@ -72,10 +72,10 @@ def step_table(path: Path) -> pd.DataFrame:
 
 
 def success_of(t: pd.DataFrame) -> tuple[np.ndarray, str]:
-    for name in ("success/rate", "seq/success_rate", "reward/mean", "seq/reward_mean"):
-        if name in t.columns and np.isfinite(t[name].to_numpy(dtype=float)).sum() > 1:
-            return t[name].to_numpy(dtype=float), name
-    return np.full(len(t), np.nan), "none"
+    found = success_series(t)
+    if found is None:
+        return np.full(len(t), np.nan), "none"
+    return found[1], found[2]
 
 
 def baseline_alarm(t: pd.DataFrame, warmup: int = WARMUP) -> int | None:

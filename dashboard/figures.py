@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 
 from collapsewatch.dashboard.downsample import MAX_POINTS, downsample_together, keep_indices
 from collapsewatch.dashboard.runcache import RunSnapshot, series
+from collapsewatch.diagnostics.features import parse_control_stat
 from collapsewatch.schema import POSITION_TYPES, STRUCTURAL_STATES
 
 REWARD, SUCCESS, ENTROPY, TOOL_CALLS = "reward/mean", "success/rate", "entropy/mean", "tool_calls/per_rollout"
@@ -37,12 +38,10 @@ def control_columns(columns: Sequence[str]) -> dict[str, dict[str, dict[str, str
     """{position_type: {token: {stat: column}}} from `ctrl/<token>/<position_type>/<stat>` names."""
     found: dict[str, dict[str, dict[str, str]]] = {}
     for col in columns:
-        if not isinstance(col, str) or not col.startswith("ctrl/"):
+        parsed = parse_control_stat(col) if isinstance(col, str) else None
+        if parsed is None:
             continue
-        parts = col[len("ctrl/") :].rsplit("/", 2)  # tokens such as </tool_call> contain "/"
-        if len(parts) != 3:
-            continue
-        token, position_type, stat = parts
+        token, position_type, stat = parsed
         found.setdefault(position_type, {}).setdefault(token, {})[stat] = col
     order = {p: i for i, p in enumerate((*POSITION_TYPES[1:], POSITION_TYPES[0]))}
     return dict(sorted(found.items(), key=lambda kv: order.get(kv[0], 99)))

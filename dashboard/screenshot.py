@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from collapsewatch.dashboard import routes
 from collapsewatch.errors import UserError
@@ -24,6 +25,17 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
+
+
+def launch_chromium(playwright: Any, profile: str, width: int = 1400, height: int = 1000) -> Any:
+    """Debian's headless Chromium through Playwright, with a persistent profile (no browser download)."""
+    return playwright.chromium.launch_persistent_context(
+        profile,
+        executable_path=CHROMIUM,
+        headless=True,
+        args=CHROMIUM_ARGS,
+        viewport={"width": width, "height": height},
+    )
 
 
 def take(root: Path, run_id: str, out: Path, page_name: str = "overview", width: int = 1400) -> Path:
@@ -43,10 +55,7 @@ def take(root: Path, run_id: str, out: Path, page_name: str = "overview", width:
     profile = tempfile.mkdtemp(prefix="cw-shot-")
     try:
         with sync_playwright() as p:
-            ctx = p.chromium.launch_persistent_context(
-                profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-                viewport={"width": width, "height": 900},
-            )  # fmt: skip
+            ctx = launch_chromium(p, profile, width, 900)
             page = ctx.new_page()
             if page_name.startswith("step:"):
                 page.goto(base + routes.step_href(run_id, int(page_name.split(":", 1)[1])))

@@ -21,12 +21,9 @@ _STATE_SCALAR = re.compile(r"^states?/(" + "|".join(STRUCTURAL_STATES) + r")(?:/
 def load_classifier() -> Callable[[object], object] | None:
     """`classify_turn` from diagnostics, or None when that part is not installed."""
     try:
-        from collapsewatch.diagnostics import classify_turn  # type: ignore[attr-defined]
+        from collapsewatch.diagnostics import classify_turn
     except ImportError:
-        try:
-            from collapsewatch.diagnostics.structure import classify_turn
-        except ImportError:
-            return None
+        return None
     return classify_turn
 
 
@@ -71,15 +68,10 @@ def shares_from_turns(sequences: pd.DataFrame, classify: Callable[[object], obje
 
 
 def rollout_state(turn_texts: object, classify: Callable[[object], object] | None) -> str | None:
-    """The worst state among a rollout's turns (None when no classifier is available)."""
+    """A rollout's state as diagnostics defines it (its worst turn's, else its last turn's healthy
+    state; no turns is full collapse). None when no classifier is available."""
     if classify is None or turn_texts is None:
         return None
-    order = {
-        s: i
-        for i, s in enumerate(("healthy_tool_call", "healthy_response", "text_pollution", "full_collapse"))
-    }
-    states = [str(classify(t)) for t in list(turn_texts)]
-    if not states:
-        return "full_collapse"
-    worst = max(states, key=lambda s: order.get(s, 0))
-    return worst if order.get(worst, 0) >= 2 else states[-1]
+    from collapsewatch.diagnostics.structure import summarize_rollout
+
+    return summarize_rollout(list(turn_texts)).state.value

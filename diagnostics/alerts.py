@@ -8,7 +8,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+from collapsewatch.schema import SEVERITIES
+
+SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}  # info 0, warning 1, critical 2
 
 
 def _json_safe(value: Any) -> Any:

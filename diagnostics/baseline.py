@@ -26,6 +26,20 @@ def logit_rate(r: float, eps: float = 0.01) -> float:
     return math.log(r / (1.0 - r))
 
 
+def inverse_logit(y: float) -> float:
+    """Logits back to rates in [0, 1] (a `logit_rate` baseline's centre as a rate)."""
+    return 1.0 / (1.0 + math.exp(-y))
+
+
+def update_rate(base: RobustBaseline, rate: float) -> tuple[float, float]:
+    """Feed a rate in [0, 1] to a logit-scale baseline: (robust z, baseline rate before the update).
+
+    During warm-up the baseline rate is NaN, so every comparison with it is False (no hit).
+    """
+    prior = inverse_logit(base.center) if base.ready else math.nan
+    return base.update(logit_rate(rate)), prior
+
+
 def signed_log(x: float) -> float:
     """Heavy-tailed signed scalars (loss) to a log-like scale."""
     return math.copysign(math.log1p(abs(x)), x)

@@ -8,9 +8,10 @@ from collections import deque
 import numpy as np
 
 from collapsewatch.diagnostics.alerts import Alert
-from collapsewatch.diagnostics.baseline import KofN, RobustBaseline, RunningPeak, logit_rate
+from collapsewatch.diagnostics.baseline import KofN, RobustBaseline, RunningPeak, update_rate
 from collapsewatch.diagnostics.detector_base import Detector, MonitorConfig, fmt
 from collapsewatch.diagnostics.features import StepFeatures
+from collapsewatch.diagnostics.onset import SUCCESS_NAMES
 
 _SUPERVISE = (
     "Likely fix: lower the learning rate and add supervision (interleave SFT steps on expert "
@@ -35,10 +36,8 @@ class StructuralShift(Detector):
             return []
         self.seen += 1
         c = self.config
-        ready = self.base.ready
-        base_rate = 1.0 / (1.0 + math.exp(-self.base.center)) if ready else math.nan
-        z = self.base.update(logit_rate(broken))
-        hit = ready and z >= c.z_warn and broken - base_rate >= c.structure_min_rise
+        z, base_rate = update_rate(self.base, broken)
+        hit = z >= c.z_warn and broken - base_rate >= c.structure_min_rise
         if not self.persist.update(hit):
             return []
         pollution, collapse = f.get("state/text_pollution"), f.get("state/full_collapse")
@@ -100,7 +99,7 @@ class SuccessCollapse(_PeakDrop):
 
     name = "success_collapse"
     family = "outcome"
-    names = ("success/rate", "seq/success_rate", "reward/mean", "seq/reward_mean")
+    names = SUCCESS_NAMES
 
     def __init__(self, config: MonitorConfig):
         super().__init__(config)
@@ -184,10 +183,8 @@ class LengthCollapse(Detector):
             self.history.append(length)
         trunc = f.first("length/truncated_frac", "seq/truncated_frac")
         if math.isfinite(trunc):
-            ready = self.trunc.ready
-            base = 1.0 / (1.0 + math.exp(-self.trunc.center)) if ready else math.nan
-            z = self.trunc.update(logit_rate(trunc))
-            hit = ready and z >= c.z_warn and trunc >= c.truncation_min and trunc - base >= 0.15
+            z, base = update_rate(self.trunc, trunc)
+            hit = z >= c.z_warn and trunc >= c.truncation_min and trunc - base >= 0.15
             if self.trunc_persist.update(hit):
                 a = self.emit(
                     f,

@@ -14,6 +14,8 @@ import pandas as pd
 ONSET_WINDOW = 5
 ONSET_RUN = 5
 ONSET_FRACTION = 0.5
+# Where the success rate is looked up, in order; runs without one fall back to the mean reward.
+SUCCESS_NAMES = ("success/rate", "seq/success_rate", "reward/mean", "seq/reward_mean")
 
 
 def collapse_onset(
@@ -40,10 +42,11 @@ def collapse_onset(
 
 
 def success_series(steps_table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, str] | None:
-    """(steps, values, name) of the success rate in a wide steps table, falling back to reward/mean."""
-    for name in ("success/rate", "seq/success_rate", "reward/mean", "seq/reward_mean"):
+    """(steps, values, name) of the first SUCCESS_NAMES column of a wide steps table with at least two
+    finite values (non-numeric cells become NaN); None when there is none."""
+    for name in SUCCESS_NAMES:
         if name in steps_table.columns:
             vals = pd.to_numeric(steps_table[name], errors="coerce").to_numpy(dtype=float)
-            if np.isfinite(vals).any():
+            if np.isfinite(vals).sum() >= 2:
                 return steps_table["step"].to_numpy(), vals, name
     return None

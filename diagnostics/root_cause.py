@@ -28,16 +28,15 @@ def rank_control_tokens(
     lookback: int = 50,
 ) -> list[dict]:
     """Ranking of (token, position_type) by first move; each entry carries its evidence."""
-    series: dict[str, list[tuple[int, float]]] = {}
+    series: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
     for step in sorted(per_step):
         for name, value in per_step[step].items():
             parsed = parse_control_stat(name)
             if parsed is None or parsed[2] not in RANKED_STATS or not math.isfinite(value):
                 continue
-            series.setdefault(name, []).append((step, value))
+            series.setdefault(parsed, []).append((step, value))
     best: dict[tuple[str, str], dict] = {}
-    for name, points in series.items():
-        token, pos, stat = parse_control_stat(name)  # type: ignore[misc]
+    for (token, pos, stat), points in series.items():
         base = RobustBaseline(warmup=warmup, span=20.0, min_scale=0.15)
         first_move = None
         streak = 0
@@ -75,7 +74,7 @@ def rank_control_tokens(
         if old is None or _sort_key(entry) < _sort_key(old):
             best[key] = entry
     ranked = sorted(best.values(), key=_sort_key)
-    ranked = [r for r in ranked if r["first_move_step"] is not None] or []
+    ranked = [r for r in ranked if r["first_move_step"] is not None]
     for i, r in enumerate(ranked, 1):
         r["rank"] = i
         r["evidence"] = (

@@ -21,13 +21,12 @@ from collapsewatch.diagnostics.alerts import Alert
 from collapsewatch.diagnostics.detector_base import MonitorConfig
 from collapsewatch.diagnostics.features import sequence_arrays
 from collapsewatch.diagnostics.live import LiveMonitor
-from collapsewatch.diagnostics.onset import collapse_onset
+from collapsewatch.diagnostics.onset import SUCCESS_NAMES, collapse_onset, success_series
 from collapsewatch.diagnostics.root_cause import rank_control_tokens
 from collapsewatch.diagnostics.token_stats import control_stats_from_tokens
 from collapsewatch.errors import UserError
 from collapsewatch.schema import SEQUENCES_SCHEMA
 
-SUCCESS_NAMES = ("success/rate", "seq/success_rate", "reward/mean", "seq/reward_mean")
 # Sequence columns the detectors read (prompt, info and reward components are not needed).
 SEQUENCE_COLUMNS = tuple(
     n for n in SEQUENCES_SCHEMA.names if n not in ("prompt", "info", "reward_components")
@@ -158,12 +157,11 @@ def replay(
 
 
 def onset_from_timeline(timeline: pd.DataFrame) -> tuple[int | None, str | None]:
-    for name in SUCCESS_NAMES:
-        if name in timeline.columns:
-            vals = pd.to_numeric(timeline[name], errors="coerce").to_numpy(dtype=float)
-            if np.isfinite(vals).sum() >= 2:
-                return collapse_onset(timeline["step"].to_numpy(), vals), name
-    return None, None
+    found = success_series(timeline)
+    if found is None:
+        return None, None
+    steps, values, name = found
+    return collapse_onset(steps, values), name
 
 
 def scan(

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from collapsewatch.diagnostics.alerts import Alert
-from collapsewatch.diagnostics.baseline import KofN, RobustBaseline, logit_rate, positive_log, signed_log
+from collapsewatch.diagnostics.baseline import KofN, RobustBaseline, positive_log, signed_log, update_rate
 from collapsewatch.diagnostics.detector_base import Detector, MonitorConfig, fmt
 from collapsewatch.diagnostics.features import StepFeatures
 
@@ -98,10 +98,8 @@ class ZeroAdvantageGroups(Detector):
             return []
         self.seen += 1
         c = self.config
-        ready = self.base.ready
-        base = 1.0 / (1.0 + math.exp(-self.base.center)) if ready else math.nan
-        z = self.base.update(logit_rate(frac))
-        hit = ready and frac >= c.zero_adv_min and frac - base >= 0.2 and z >= c.z_warn
+        z, base = update_rate(self.base, frac)
+        hit = frac >= c.zero_adv_min and frac - base >= 0.2 and z >= c.z_warn
         if not self.persist.update(hit):
             return []
         correct, wrong = f.get("groups/zero_adv_all_correct"), f.get("groups/zero_adv_all_wrong")

@@ -13,8 +13,8 @@ from typing import Any
 
 from collapsewatch import schema
 
-STOP_LEVELS = {"warning": 1, "critical": 2}
-SEVERITY_LEVEL = {"info": 0, "warning": 1, "critical": 2}
+SEVERITY_LEVEL = {name: level for level, name in enumerate(schema.SEVERITIES)}  # info 0 ... critical 2
+STOP_LEVELS = {name: level for name, level in SEVERITY_LEVEL.items() if level > 0}  # what stop_on accepts
 
 
 def make_monitor(

@@ -405,13 +405,14 @@ class Recorder:
         )
 
         # step totals and control statistics, kept on the device until the step ends
-        ent_finite = torch.nan_to_num(entropy, nan=0.0)
-        has_entropy = valid & ~torch.isnan(entropy)
+        entropy_nan = torch.isnan(entropy)
+        ent_valid = torch.nan_to_num(entropy, nan=0.0) * valid
+        lp_valid = logprob * valid
         totals = torch.stack(
             [
-                (ent_finite * valid).sum(),
-                has_entropy.sum().float(),
-                (logprob * valid).sum(),
+                ent_valid.sum(),
+                (valid & ~entropy_nan).sum().float(),
+                lp_valid.sum(),
                 valid.sum().float(),
             ]
         ).double()
@@ -424,11 +425,12 @@ class Recorder:
         else:
             unexpected = None
 
-        # per-sequence aggregates
+        # per-sequence aggregates, moved to the host in one transfer
         per_seq = [
-            (ent_finite * valid).sum(1), valid.sum(1).float(), (logprob * valid).sum(1),
+            ent_valid.sum(1), valid.sum(1).float(), lp_valid.sum(1),
             torch.zeros(batch, device=device) if old is None else (old.to(device).float() * valid).sum(1),
             torch.full((batch,), -1.0, device=device) if unexpected is None else torch.where(valid, unexpected, 0).amax(1),
+            (~entropy_nan.all(1)).float(),
         ]  # fmt: skip
         agg = torch.stack(per_seq, 1).double().cpu().numpy()
         for b, s in enumerate(seqs.tolist()):
@@ -439,7 +441,7 @@ class Recorder:
             row["old"] += agg[b, 3]
             row["umax"] = max(row["umax"], agg[b, 4])
             row["has_old"] = old is not None
-            row["has_entropy"] = not bool(torch.isnan(entropy[b]).all())
+            row["has_entropy"] = bool(agg[b, 5])
 
         # token rows
         if self.capture == "all":

@@ -12,20 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from collapsewatch.dashboard.screenshot import CHROMIUM, launch_chromium
 from collapsewatch.dashboard.synthetic import write_run
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "dashboard"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="session")
@@ -84,13 +74,7 @@ def browser_context():
 
     profile = tempfile.mkdtemp(prefix="cw-chromium-")
     with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            profile,
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 1000},
-        )
+        context = launch_chromium(p, profile)
         yield context
         context.close()
     shutil.rmtree(profile, ignore_errors=True)
