@@ -1,0 +1,64 @@
+"""The environment: tools really execute, the checker judges state and answer, splits differ."""
+
+from __future__ import annotations
+
+import json
+
+from collapsewatch.trainer import env
+
+
+def _play(task: env.Task, turns: list[str]) -> env.Episode:
+    ep = env.Episode(task, max_turns=6)
+    for t in turns:
+        ep.step(t)
+    return ep
+
+
+def test_expert_trajectories_pass_the_checker_in_every_split():
+    for split in env.SPLITS:
+        for task in env.tasks(split, 60):
+            calls = [m["content"] for m in env.expert_messages(task) if m["role"] == "assistant"]
+            assert _play(task, calls).success(), task
+
+
+def test_tasks_need_one_to_four_calls_and_splits_are_deterministic():
+    counts = {t.num_calls for t in env.tasks("train", 300)}
+    assert counts == {1, 2, 3, 4}
+    assert env.make_task("train", 5) == env.make_task("train", 5)
+    assert env.make_task("train", 5).question != env.make_task("test", 5).question or (
+        env.make_task("train", 5).state != env.make_task("test", 5).state
+    )
+
+
+def test_wrong_answer_or_wrong_state_fails():
+    task = next(t for t in env.tasks("train", 200) if t.kind == "transfer_balance")
+    calls = [m["content"] for m in env.expert_messages(task) if m["role"] == "assistant"]
+    assert not _play(task, calls[:-1] + ["Somebody has 3."]).success()
+    skip_transfer = calls[1:]  # answer right, but the money never moved
+    assert not _play(task, skip_transfer).success()
+
+
+def test_tool_errors_come_back_as_messages_and_search_can_be_empty():
+    task = env.make_task("train", 0)
+    ep = env.Episode(task, max_turns=6)
+    bad = ep.step('<tool_call>\n{"name": "get_balance", "arguments": {"account": "zed"}}\n</tool_call>')
+    assert not bad.done and "unknown account zed" in bad.response and ep.tool_errors == 1
+    garbled = ep.step("<tool_call>\n{name: get_balance\n</tool_call>")
+    assert not garbled.done and "invalid tool call" in garbled.response and ep.parse_failures == 1
+    world = env.World({"inbox": [], "balances": {}, "files": {}, "sent": [], "stock": {}})
+    assert world.execute("search_messages", {"query": "hello"}) == []
+
+
+def test_format_ood_declares_and_requires_another_arguments_key():
+    task = env.make_task("format_ood", 1)
+    assert '"parameters"' in env.initial_messages(task)[0]["content"]
+    name, args = task.expert_calls[0]
+    trained_syntax = json.dumps({"name": name, "arguments": args})
+    tr = env.Episode(task, 6).step(f"<tool_call>\n{trained_syntax}\n</tool_call>")
+    assert "invalid tool call" in tr.response
+
+
+def test_content_ood_uses_unseen_tools():
+    seen = {t["name"] for t in env.tools_json("train")}
+    for task in env.tasks("content_ood", 20):
+        assert {name for name, _ in task.expert_calls}.isdisjoint(seen)

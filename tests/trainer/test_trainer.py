@@ -1,0 +1,225 @@
+"""The trainer's mechanics on a tiny model: masks, SFT, the GRPO direction, supervision, reload, DDP."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import socket
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+
+import pytest
+import torch
+
+import collapsewatch as cw
+from collapsewatch.trainer import env
+from collapsewatch.trainer import model as model_lib
+from collapsewatch.trainer.batch import collate, completion_logits, token_logprobs
+from collapsewatch.trainer.grpo import GRPOState, grpo_step
+from collapsewatch.trainer.rollout import ChatFormat, RolloutSpec, expert_rollout, generate
+from collapsewatch.trainer.sft import expert_batch, sft_loss, train_sft
+from collapsewatch.trainer.tokenizer import CONTROL_TOKENS
+from collapsewatch.trainer.train import train
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _state(cfg, tok, model=None, seed=0) -> GRPOState:
+    fmt = ChatFormat(tok)
+    model = model or model_lib.build_model("tiny", tok, seed=seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    return GRPOState(
+        cfg, model, model, None, opt, fmt, torch.device("cpu"), None,
+        task_rng=random.Random(seed), sample_gen=torch.Generator().manual_seed(seed), failed=deque(),
+    )  # fmt: skip
+
+
+def test_control_tokens_are_single_special_tokens_and_template_matches_qwen_layout(tok):
+    for t in CONTROL_TOKENS:
+        assert len(tok(t, add_special_tokens=False)["input_ids"]) == 1
+    task = env.make_task("train", 3)
+    text = tok.apply_chat_template(
+        env.initial_messages(task) + env.expert_messages(task), tools=env.tools_json("train"), tokenize=False
+    )
+    assert text.startswith("<|im_start|>system\n") and "# Tools\n<tools>\n" in text
+    assert "<|im_start|>user\n<tool_response>\n" in text and text.endswith("<|im_end|>\n")
+
+
+def test_tool_output_is_masked_from_the_loss(tok):
+    fmt = ChatFormat(tok)
+    ro = expert_rollout(fmt, next(t for t in env.tasks("train", 50) if t.num_calls >= 2))
+    assert any(ro.tool_mask) and not all(ro.tool_mask)
+    batch = collate([ro], fmt.pad_id)
+    n = len(ro.completion_ids)
+    assert batch.policy_mask[0, :n].tolist() == [not m for m in ro.tool_mask]
+    # the gradient of the SFT loss reaches no logit that predicts a tool-output token
+    model = model_lib.build_model("tiny", tok)
+    logits = completion_logits(model, batch).detach().requires_grad_(True)
+    logp, _ = token_logprobs(logits, batch.completion_ids)
+    mask = batch.policy_mask.float()
+    (-(logp * mask).sum() / mask.sum()).backward()
+    tool_rows = torch.tensor(ro.tool_mask + [False] * (batch.completion_ids.shape[1] - n))
+    assert logits.grad[0, tool_rows].abs().max() == 0
+    assert logits.grad[0, ~tool_rows].abs().max() > 0
+
+
+def test_sft_lowers_the_loss(tok):
+    fmt = ChatFormat(tok)
+    model = model_lib.build_model("tiny", tok)
+    held_out = expert_batch(fmt, random.Random(99), 8)
+    with torch.no_grad():
+        before = sft_loss(model, held_out, fmt.pad_id, "cpu").item()
+    train_sft(model, fmt, steps=12, lr=1e-2, batch_size=8, seed=0, device="cpu")
+    with torch.no_grad():
+        after = sft_loss(model, held_out, fmt.pad_id, "cpu").item()
+    assert after < before - 0.5
+
+
+def test_grpo_step_moves_logprobs_in_the_direction_of_the_advantages(tok, tiny_cfg):
+    # expert replacement gives every group a rewarded row (advantage > 0) among failing random samples
+    cfg = tiny_cfg.override(expert_replacement=True, lr=1e-2, warmup_steps=1, minibatches=1)
+    s = _state(cfg, tok)
+    task_rng_copy = random.Random()
+    task_rng_copy.setstate(s.task_rng.getstate())
+    tasks = [env.make_task("train", task_rng_copy.randrange(5000)) for _ in range(cfg.tasks_per_step)]
+    experts = [expert_rollout(s.fmt, t) for t in tasks]
+    samples = generate(
+        s.policy, s.fmt, [RolloutSpec(t, 0, 0) for t in tasks], max_turns=2, max_turn_tokens=8,
+        max_context=256, temperature=1.0, generator=torch.Generator().manual_seed(5),
+    )  # fmt: skip
+
+    def mean_logp(rollouts):
+        b = collate(rollouts, s.fmt.pad_id)
+        with torch.no_grad():
+            lp, _ = token_logprobs(completion_logits(s.policy, b), b.completion_ids)
+        m = b.policy_mask.float()
+        return ((lp * m).sum(1) / m.sum(1)).mean().item()
+
+    expert_before, sampled_before = mean_logp(experts), mean_logp(samples)
+    metrics = grpo_step(s, 1)
+    assert metrics["reward/mean"] > 0 and metrics["success/rate"] == 0  # only the expert rows succeed
+    assert mean_logp(experts) > expert_before + 0.01  # positive advantage: more likely
+    assert mean_logp(samples) < sampled_before  # negative advantage: less likely
+
+
+def test_hints_sample_with_the_hint_but_train_on_the_hint_free_prompt(tok, tiny_cfg):
+    fmt = ChatFormat(tok)
+    task = env.make_task("train", 4)
+    model = model_lib.build_model("tiny", tok)
+    ro = generate(model, fmt, [RolloutSpec(task, 0, 3, hint=True)], max_turns=1, max_turn_tokens=4,
+                  max_context=256, temperature=1.0)[0]  # fmt: skip
+    assert ro.source == "hint"
+    assert fmt.decode(ro.prompt_ids) == fmt.decode(fmt.prompt_ids(task)) and "Hint:" not in fmt.decode(
+        ro.prompt_ids
+    )
+    assert "Hint:" in fmt.decode(fmt.prompt_ids(task, hint=True))
+
+
+@pytest.mark.parametrize(
+    "option, key",
+    [({"err_sft_every": 1}, "sft/erroneous_loss"), ({"joint_sft_coef": 1.0}, "sft/joint_loss"), ({}, None)],
+)
+def test_supervisory_losses_run_and_change_the_update(tok, tiny_cfg, option, key):
+    base = tiny_cfg.override(lr=1e-3, warmup_steps=1)
+    plain = _state(base, tok, seed=1)
+    plain_metrics = grpo_step(plain, 1)
+    supervised = _state(base.override(**option), tok, seed=1)
+    metrics = grpo_step(supervised, 1)
+    if key is None:  # the control: same seed, same options -> same weights
+        assert not (set(metrics) - set(plain_metrics))
+        return
+    assert key in metrics and metrics[key] > 0
+    diff = sum(
+        (a - b).abs().sum()
+        for a, b in zip(plain.policy.parameters(), supervised.policy.parameters(), strict=True)
+    )
+    assert diff > 0
+
+
+def test_expert_replacement_puts_one_expert_per_group(tok, tiny_cfg):
+    s = _state(tiny_cfg.override(expert_replacement=True, hint_rollouts=1), tok)
+    seen = {}
+
+    class Capture:
+        def rollouts(self, step, rollouts, advantages):
+            seen["rollouts"], seen["adv"] = rollouts, advantages
+
+        def logits(self, *a, **k):
+            seen["logits"] = True
+
+        def scalars(self, *a):
+            pass
+
+        def end_step(self, *a):
+            pass
+
+    s.log = Capture()
+    grpo_step(s, 1)
+    ros = seen["rollouts"]
+    g = tiny_cfg.group_size
+    assert [r.source for r in ros[:g]] == ["expert"] + ["policy"] * (g - 2) + ["hint"]
+    assert all(ros[i * g].success for i in range(tiny_cfg.tasks_per_step)) and seen["logits"]
+
+
+def test_train_writes_a_run_and_model_path_reloads_its_checkpoint(tmp_path, tiny_cfg):
+    out = tmp_path / "runs"
+    summary = train(tiny_cfg.override(steps=2, checkpoint_every=1), out, progress=False)
+    run = cw.open_run(summary["run_dir"])
+    assert run.status == "finished" and run.last_step == 2
+    steps = run.steps()
+    for name in ("reward/mean", "success/rate", "entropy/mean", "loss", "grad_norm", "lr", "clip/frac"):
+        assert name in steps.columns
+    assert "eval/in_dist_success" in steps.columns
+    seqs = run.sequences()
+    assert len(seqs) == 2 * tiny_cfg.tasks_per_step * tiny_cfg.group_size
+    assert seqs["info"].str.contains('"parse_failures"').all() and seqs["turn_texts"].map(len).min() >= 1
+    assert len(run.tokens()) > 0
+    # resume continues from the checkpoint
+    resumed = train(tiny_cfg.override(steps=3, checkpoint_every=1), out, resume=True, progress=False)
+    assert [h["step"] for h in resumed["history"]] == [3]
+    # --model PATH: the saved policy loads (with its own tokenizer and template) and takes a GRPO step
+    model_dir = Path(summary["run_dir"]) / "model"
+    model, tok = model_lib.load_pretrained(model_dir, torch.device("cpu"))
+    assert model.config.model_type == "qwen2" and tok.eos_token == "<|im_end|>"
+    assert tok.chat_template and len(tok("<tool_call>", add_special_tokens=False)["input_ids"]) == 1
+    metrics = grpo_step(_state(tiny_cfg, tok, model=model), 1)
+    assert 0.0 <= metrics["success/rate"] <= 1.0
+
+
+def test_cli_errors_are_one_line(tmp_path, tiny_cfg):
+    from collapsewatch.errors import UserError
+    from collapsewatch.trainer.recipes import recipe
+
+    with pytest.raises(UserError, match="unknown recipe"):
+        recipe("nope")
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        tiny_cfg.override_from_strings(["lr"])
+    with pytest.raises(UserError, match="not a Hugging Face model"):
+        model_lib.load_pretrained(tmp_path, torch.device("cpu"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ddp_on_two_cpu_processes(tmp_path, tiny_cfg, tok):
+    cfg = dataclasses.asdict(tiny_cfg)
+    sets = [f"--set={k}={cfg[k]}" for k in ("cache_dir", "vocab_size", "tokenizer_tasks", "sft_steps", "sft_batch",
+                                             "tasks_per_step", "group_size", "max_turns", "max_turn_tokens",
+                                             "max_context", "warmup_steps", "eval_tasks", "checkpoint_every")]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "-m", "collapsewatch.trainer.cli", "train", "--recipe", "collapse", "--out", str(tmp_path),
+           "--steps", "2", "--no-progress", *sets]  # fmt: skip
+    env_vars = os.environ | {"OMP_NUM_THREADS": "1", "COLLAPSEWATCH_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env_vars, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = cw.open_run(tmp_path / "collapse-s0")
+    assert run.meta["world_size"] == 2 and run.status == "finished"
+    seqs = run.sequences()
+    assert sorted(seqs["rank"].unique().tolist()) == [0, 1]
+    assert len(seqs) == 2 * tiny_cfg.tasks_per_step * tiny_cfg.group_size  # rollouts split across ranks

@@ -1,0 +1,1 @@
+"""collapsewatch.trainer"""

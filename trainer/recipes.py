@@ -1,0 +1,131 @@
+"""One config dataclass (laptop-CPU defaults) and the named recipes of the reproduction.
+
+Supervisory options combine freely: expert replacement (1 of G), hints (h of G), erroneous-example
+SFT every K steps, and a joint SFT+RL loss. `collapse` is pure RL with a learning rate that first
+helps, then breaks the format; the other recipes add one supervisory signal to the same settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from collapsewatch.errors import UserError
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("COLLAPSEWATCH_CACHE", str(Path.home() / ".cache" / "collapsewatch"))
+
+
+@dataclass
+class TrainConfig:
+    recipe: str = "collapse"
+    seed: int = 0
+    steps: int = 50  # RL steps (one rollout batch each)
+    device: str = "auto"  # auto | cpu | cuda
+    model_size: str = "cpu"  # cpu (~1M params) | gpu (~30M params)
+    model_path: str | None = None  # any local HF causal LM; skips the warm start
+    vocab_size: int = 1024
+    tokenizer_tasks: int = 1500  # expert conversations the BPE is trained on
+    # rollouts
+    tasks_per_step: int = 4  # across all ranks
+    group_size: int = 8  # G rollouts per task
+    max_turns: int = 5
+    max_turn_tokens: int = 28
+    max_context: int = 384
+    temperature: float = 1.0
+    # optimisation (one PPO epoch over `minibatches` minibatches)
+    lr: float = 5e-4
+    warmup_steps: int = 30
+    minibatches: int = 2
+    clip_low: float = 0.2
+    clip_high: float = 0.2  # > clip_low is "clip-higher" (DAPO)
+    kl_coef: float = 0.0  # k3 KL to the frozen warm-start policy
+    grad_clip: float = 1.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    # warm start (cached on disk, shared by every recipe and seed)
+    sft_steps: int = 800
+    sft_lr: float = 3e-3
+    sft_batch: int = 16
+    sft_seed: int = 0
+    cache_dir: str = field(default_factory=default_cache_dir)
+    # supervisory signals
+    expert_replacement: bool = False  # rollout 0 of each group is the expert trajectory
+    hint_rollouts: int = 0  # h of G rollouts see a hint; the gradient uses the hint-free prompt
+    err_sft_every: int = 0  # K: every K steps, SFT on expert turns of recently failed tasks (0: off)
+    err_sft_window: int = 10  # "recently" = the last this many steps
+    err_sft_steps: int = 2  # SFT minibatches per interleaved round
+    err_sft_lr: float | None = None  # None: the current RL learning rate
+    joint_sft_coef: float = 0.0  # synchronous joint loss: RL + coef * SFT on this step's expert turns
+    # fault injection for detector tests (never on in the named recipes)
+    fault_lr_spike_at: int = -1  # step from which the LR is multiplied by fault_lr_factor
+    fault_lr_factor: float = 10.0
+    # bookkeeping
+    checkpoint_every: int = 25
+    eval_tasks: int = 64
+    capture: str = "control"
+
+    def override(self, **changes) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise UserError(f"unknown config option(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def override_from_strings(self, pairs: list[str]) -> TrainConfig:
+        """`key=value` pairs from the command line, parsed by the field's type."""
+        changes = {}
+        for pair in pairs:
+            key, sep, raw = pair.partition("=")
+            field_ = next((f for f in dataclasses.fields(self) if f.name == key.strip()), None)
+            if not sep or field_ is None:
+                raise UserError(f"--set expects KEY=VALUE with a config field as KEY, not {pair!r}")
+            current = getattr(self, field_.name)
+            try:
+                if isinstance(current, bool):
+                    value = raw.lower() in ("1", "true", "yes", "on")
+                elif isinstance(current, tuple):
+                    value = tuple(float(x) for x in raw.split(","))
+                elif current is None or isinstance(current, str):
+                    value = None if raw.lower() == "none" else raw
+                    if field_.name == "err_sft_lr" and value is not None:
+                        value = float(value)
+                else:
+                    value = type(current)(raw)
+            except ValueError as exc:
+                raise UserError(f"--set {key}: cannot parse {raw!r}") from exc
+            changes[field_.name] = value
+        return self.override(**changes)
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.group_size < 2 or self.tasks_per_step < 1:
+            raise UserError("steps >= 1, group_size >= 2 and tasks_per_step >= 1 are required")
+        if self.hint_rollouts + int(self.expert_replacement) >= self.group_size:
+            raise UserError("hint_rollouts plus expert replacement must leave policy rollouts in each group")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"--device must be auto, cpu or cuda, not {self.device!r}")
+
+
+RECIPES: dict[str, dict] = {
+    # Pure GRPO, binary reward, no KL, LR 5e-4 reached after a 30-step warm-up.
+    "collapse": {},
+    # + erroneous-example SFT every 5 steps on expert turns of tasks failed in the last 10 steps.
+    "interleaved": {"err_sft_every": 5},
+    # + a joint SFT loss on the step's expert trajectories in every update.
+    "sync-sft": {"joint_sft_coef": 0.5},
+    # + one expert trajectory per group (teacher-forced, joins the group normalisation).
+    "off-policy": {"expert_replacement": True},
+    # + hints in the system prompt of 2 of 8 rollouts.
+    "hint": {"hint_rollouts": 2},
+    # Not a recipe of the paper: the LR is multiplied 10x from step 40, for testing detectors.
+    "fault-lr-spike": {"fault_lr_spike_at": 40},
+}
+
+
+def recipe(name: str, **overrides) -> TrainConfig:
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe {name!r}; recipes are {', '.join(RECIPES)}")
+    return TrainConfig(recipe=name).override(**RECIPES[name]).override(**overrides)
