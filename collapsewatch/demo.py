@@ -33,8 +33,8 @@ class DemoPlan:
     sets: tuple[str, ...] = ()
 
 
-FULL = DemoPlan(steps=120)
-QUICK = DemoPlan(steps=40, sets=("eval_tasks=16", "checkpoint_every=0"))
+FULL = DemoPlan(steps=60)
+QUICK = DemoPlan(steps=30, sets=("sft_steps=300", "eval_tasks=16", "checkpoint_every=0"))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -125,9 +125,7 @@ def _train_all(out: Path, plan: DemoPlan, env: dict[str, str]) -> dict[str, int]
                     continue
                 if len(steps):
                     rate = steps["success/rate"].iloc[-5:].mean() if "success/rate" in steps else float("nan")
-                    bar.update(
-                        tasks[name], completed=int(steps["step"].max()) + 1, info=f"success {rate:.2f}"
-                    )
+                    bar.update(tasks[name], completed=int(steps["step"].max()), info=f"success {rate:.2f}")
     for f in logs.values():
         f.close()
     return {name: p.returncode for name, p in procs.items()}
@@ -180,6 +178,7 @@ def run_demo(args: argparse.Namespace) -> int:
     finally:
         if dashboard is not None:
             dashboard.terminate()
+            dashboard.wait(timeout=10)
     failed = [n for n, c in codes.items() if c != 0]
     if failed:
         raise UserError(f"training failed for {', '.join(failed)}: see {out}/<recipe>.log")
