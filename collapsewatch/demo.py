@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -150,8 +151,6 @@ def run_demo(args: argparse.Namespace) -> int:
     for name in RECIPES:  # a fresh pair of runs each time
         old = out / f"{name}-s{plan.seed}"
         if old.exists():
-            import shutil
-
             shutil.rmtree(old)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     started = time.time()

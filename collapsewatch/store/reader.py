@@ -65,7 +65,7 @@ class Run:
         if not self.path.is_dir() or not is_run_dir(self.path):
             raise RunError(f"not a collapsewatch run (no run.json): {self.path}")
         self._bad_files: set[Path] = set()
-        self._checked: dict[Path, tuple[int, float]] = {}
+        self._checked: dict[Path, tuple[int, float, int]] = {}  # path -> (size, mtime, rows)
         self._db = duckdb.connect()
         self._db_lock = threading.Lock()
         self.meta = self._load_meta()
@@ -175,17 +175,17 @@ class Run:
                 st = path.stat()
             except FileNotFoundError:
                 continue
-            key = (st.st_size, st.st_mtime)
-            if self._checked.get(path) != key:
+            cached = self._checked.get(path)
+            if cached is None or cached[:2] != (st.st_size, st.st_mtime):
                 try:
-                    pq.read_metadata(path)
+                    rows = pq.read_metadata(path).num_rows
                 except Exception as exc:
                     self._bad_files.add(path)
                     warnings.warn(
                         f"collapsewatch: skipping corrupt file {path}: {exc}", RuntimeWarning, stacklevel=4
                     )
                     continue
-                self._checked[path] = key
+                self._checked[path] = (st.st_size, st.st_mtime, rows)
             good.append(path)
         return good
 
@@ -281,13 +281,12 @@ class Run:
     def alerts(self) -> pd.DataFrame:
         return self.query("alerts", "ORDER BY step, time")
 
+    def row_count(self, table: str) -> int:
+        """Rows of one table, from Parquet footers read once per file (no data read)."""
+        return sum(self._checked[p][2] for p in self._check_files(self.files(table)))
+
     def row_counts(self) -> dict[str, int]:
-        """Rows per table, from Parquet footers (no data read)."""
-        counts = {}
-        for table in schema.TABLES:
-            paths = self._check_files(self.files(table))
-            counts[table] = sum(pq.read_metadata(p).num_rows for p in paths)
-        return counts
+        return {table: self.row_count(table) for table in schema.TABLES}
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -352,10 +351,14 @@ def summarize(run: Run) -> RunSummary:
     steps: set[int] = set()
     for f in step_files:
         steps.update(range(f.first_step, f.last_step + 1))
-    alert_files = run._check_files(run.files("alerts"))
-    alerts = sum(pq.read_metadata(p).num_rows for p in alert_files)
     return RunSummary(
-        run.name, run.path, run.status, len(steps), max(steps) if steps else None, run.last_update, alerts
+        run.name,
+        run.path,
+        run.status,
+        len(steps),
+        max(steps) if steps else None,
+        run.last_update,
+        run.row_count("alerts"),
     )
 
 

@@ -9,6 +9,7 @@ with one warning: training never waits on, or dies of, the writer.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import queue
 import sys
@@ -380,8 +381,6 @@ class RunWriter:
         started_at = layout.now()
         if meta_path.exists():  # resuming: keep the original start time
             try:
-                import json
-
                 started_at = json.loads(meta_path.read_text()).get("started_at", started_at)
             except (OSError, ValueError):
                 pass

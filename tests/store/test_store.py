@@ -198,7 +198,7 @@ def test_uncaught_exception_marks_run_crashed(tmp_path: Path) -> None:
         "from collapsewatch.store.writer import RunWriter\n"
         f"w = RunWriter({str(tmp_path)!r}, 'r')\n"
         "w.write('steps', 0, {'name': ['loss'], 'value': [1.0], 'time': [0.0]})\n"
-        "raise SystemExit(1) if False else RuntimeError('boom')\n"
+        "raise RuntimeError('boom')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 1
