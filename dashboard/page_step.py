@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from dash import Dash, Input, Output, State, dcc, html
 
-from collapsewatch.dashboard import components, routes, states
+from collapsewatch.dashboard import background, components, routes, states
 from collapsewatch.dashboard.catalog import RunCatalog
 from collapsewatch.dashboard.rollout import legend, render_rollout
 from collapsewatch.dashboard.vocab import vocab_for_run
@@ -105,7 +105,7 @@ class StepData:
                 self._lru.popitem(last=False)
         if 0 < len(counts) <= PREFETCH_MAX_ROWS:
             token_key = (run_id, step, key[3])
-            threading.Thread(target=self._prefetch, args=(run, token_key, step), daemon=True).start()
+            background.submit(self._prefetch, run, token_key, step)
         return seqs
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 import collapsewatch as cw
+from collapsewatch.dashboard import background
 from collapsewatch.dashboard import states as state_shares
 from collapsewatch.schema import STRUCTURAL_STATES
 
@@ -56,7 +58,7 @@ class RunCache:
         self._states_lock = threading.Lock()
         self._states = pd.DataFrame(columns=["step", *STRUCTURAL_STATES])
         self._states_target: int | None = None
-        self._states_thread: threading.Thread | None = None
+        self._states_job: Future[None] | None = None
 
     @property
     def run(self) -> cw.Run:
@@ -137,11 +139,8 @@ class RunCache:
             return snap.states, "none"
         with self._states_lock:
             self._states_target = last_step
-            if self._states_thread is None or not self._states_thread.is_alive():
-                self._states_thread = threading.Thread(
-                    target=self._classify_turns, args=(run,), name=f"cw-states-{self.path.name}", daemon=True
-                )
-                self._states_thread.start()
+            if self._states_job is None or self._states_job.done():
+                self._states_job = background.submit(self._classify_turns, run)
             return self._states, "turns"
 
     def _classify_turns(self, run: cw.Run) -> None:
@@ -158,7 +157,7 @@ class RunCache:
             return
         if first.empty:
             return
-        while True:
+        while not background.shutting_down():
             with self._states_lock:
                 done, target = self._states, self._states_target
             start = int(done["step"].iloc[-1]) + 1 if len(done) else int(first["step"].iloc[0])
