@@ -29,11 +29,12 @@ import numpy as np
 import pandas as pd
 
 from collapsewatch.diagnostics.baseline import RobustBaseline, log10_prob, logit_rate, positive_log
+from collapsewatch.diagnostics.detector_base import MonitorConfig
 from collapsewatch.diagnostics.features import parse_control_stat, step_features
 from collapsewatch.diagnostics.onset import collapse_onset, success_series
 from collapsewatch.diagnostics.scan import SEQUENCE_COLUMNS, per_step_scalars, scan
 
-WARMUP = 20
+WARMUP = MonitorConfig.warmup
 SKIP = ("step", "lr", "seq/count", "tokens/count")
 
 

@@ -2,7 +2,9 @@
 
 Input: the hook's `ctrl/<token>/<position_type>/<stat>` probabilities. Each series is judged in
 decades (log10 of p + floor) against its own robust EWMA baseline; a hit needs a robust z above the
-threshold, a fold change and a minimum probability, on 2 of the last 3 steps.
+threshold, a fold change and a minimum probability, on 2 of the last 3 steps. One series moving is a
+warning; `ctrl_page_series` series moving together at `ctrl_page_fold`x or more is critical on its
+own: on the bundled trainer's collapsing runs that is the earliest reliable sign (docs/detection.md).
 """
 
 from __future__ import annotations
@@ -89,6 +91,8 @@ class ControlTokenSpike(Detector):
         # One alert per step: the strongest mover not in cooldown; the others ride along as evidence.
         ranked = sorted(best.items(), key=lambda kv: -kv[1][4])
         also = [f"{t} @ {q}: {fmt(v[4])}x" for (t, q), v in ranked]
+        wide = sum(v[4] >= c.ctrl_page_fold for v in best.values())
+        severity = "critical" if c.ctrl_page_series and wide >= c.ctrl_page_series else "warning"
         seqs = f.sequences
         order = None
         if seqs is not None and "control_unexpected_max" in seqs.columns:
@@ -100,13 +104,19 @@ class ControlTokenSpike(Detector):
                 if len(also) > 1
                 else ""
             )
+            grammar = (
+                f" {wide} control-token series moved {fmt(c.ctrl_page_fold)}x or more together: the tool-call "
+                "grammar itself is shifting."
+                if severity == "critical"
+                else ""
+            )
             msg = (
                 f"p({token}) at {pos} positions is {fmt(fold)}x its baseline ({stat}: {fmt(base_p)} -> {fmt(p)}, "
-                f"robust z {z:.1f}): {why}.{others} {_FIX}"
+                f"robust z {z:.1f}): {why}.{grammar}{others} {_FIX}"
             )
             a = self.emit(
                 f,
-                "warning",
+                severity,
                 msg,
                 p,
                 base_p,
@@ -117,6 +127,7 @@ class ControlTokenSpike(Detector):
                 fold=fold,
                 z=z,
                 moving=also,
+                series_moving=wide,
                 rollouts=f.uids(order=order),
             )
             if a:

@@ -19,7 +19,7 @@ class MonitorConfig:
     docs/detection.md for what they were calibrated on.
     """
 
-    warmup: int = 20  # steps of history before any detector may fire
+    warmup: int = 15  # steps of history before any detector may fire
     cooldown: int = 10  # steps before the same detector/key may fire again at the same severity
     span: float = 20.0  # EWMA span of the robust baselines, steps
     z_warn: float = 4.0  # robust z that counts as a hit
@@ -31,6 +31,11 @@ class MonitorConfig:
     ctrl_min_fold: float = 5.0  # a hit must also be this many times the baseline probability
     ctrl_min_prob: float = 1e-4  # ... and at least this probability
     ctrl_min_scale: float = 0.15  # decades: smallest spread a baseline may claim
+    # A spike pages on its own (critical) when this many (token, position) series move together, each
+    # at least ctrl_page_fold x its baseline: the whole tool-call grammar is shifting, not one token
+    # (0 turns this off; then only the combined verdict pages).
+    ctrl_page_series: int = 2
+    ctrl_page_fold: float = 10.0
     # structural states
     max_classified: int = 128  # rollouts per step whose text is classified (evenly spaced sample)
     structure_min_rise: float = 0.10  # absolute rise of the broken-turn share over its baseline

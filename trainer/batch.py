@@ -92,3 +92,45 @@ def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tenso
     with torch.no_grad():
         entropy = -(logp.exp() * logp).sum(-1)
     return chosen, entropy
+
+
+def grouped_completion_logits(model: torch.nn.Module, batch: Batch, group_size: int) -> torch.Tensor:
+    """`completion_logits` for rows in blocks of `group_size` that share one prompt (a GRPO group).
+
+    Each group's prompt goes through the model once and its KV cache is repeated for the group's
+    completions: the prompt is most of a tool-use sequence, so this cuts the update's forward and
+    backward work several times over. Gradients flow into the prompt positions as before. Falls back
+    to `completion_logits` when the rows do not come in such blocks.
+    """
+    n, p = len(batch), batch.prompt_width
+    if group_size <= 1 or n % group_size or not _prompts_shared(batch, group_size):
+        return completion_logits(model, batch)
+    first = torch.arange(0, n, group_size, device=batch.input_ids.device)
+    prompt = model(
+        input_ids=batch.input_ids[first, :p],
+        attention_mask=batch.attention_mask[first, :p],
+        position_ids=batch.position_ids[first, :p],
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = prompt.cache
+    cache.batch_repeat_interleave(group_size)
+    c = batch.completion_ids.shape[1]
+    completion = model(
+        input_ids=batch.input_ids[:, p:],
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids[:, p:],
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=c,
+    )
+    # row t predicts completion token t: the prompt's last position predicts token 0
+    first_logits = prompt.logits[:, -1:].repeat_interleave(group_size, dim=0)
+    return torch.cat([first_logits, completion.logits[:, : c - 1]], dim=1).float()
+
+
+def _prompts_shared(batch: Batch, group_size: int) -> bool:
+    p = batch.prompt_width
+    ids = batch.input_ids[:, :p].view(-1, group_size, p)
+    mask = batch.attention_mask[:, :p].view(-1, group_size, p)
+    return bool((ids == ids[:, :1]).all() and (mask == mask[:, :1]).all())

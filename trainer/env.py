@@ -256,8 +256,11 @@ def _initial_state(rng: random.Random) -> dict[str, Any]:
     }
 
 
-def make_task(split: str, index: int) -> Task:
-    """Task `index` of a split; deterministic. Train and test draw from disjoint seed streams."""
+def make_task(split: str, index: int, kind: int | None = None) -> Task:
+    """Task `index` of a split; deterministic. Train and test draw from disjoint seed streams.
+
+    `kind` (an index into KINDS) fixes the task kind instead of drawing it from the seed.
+    """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
     stream = "train" if split == "train" else "test"
@@ -265,9 +268,11 @@ def make_task(split: str, index: int) -> Task:
     state = _initial_state(rng)
     if split == "content_ood":
         return _content_ood_task(rng, state, index)
-    kind = rng.choice(KINDS)
-    question, calls, answer = kind(rng, state)
-    return Task(f"{split}-{index}", split, question, state, calls, answer, kind.__name__.lstrip("_"))
+    drawn = rng.choice(KINDS)
+    kind_fn = drawn if kind is None else KINDS[kind]
+    question, calls, answer = kind_fn(rng, state)
+    uid = f"{split}-{index}" if kind is None else f"{split}-{index}-k{kind}"
+    return Task(uid, split, question, state, calls, answer, kind_fn.__name__.lstrip("_"))
 
 
 def _other(rng: random.Random, *exclude: str) -> str:
@@ -367,6 +372,23 @@ def _content_ood_task(rng: random.Random, state: dict[str, Any], index: int) -> 
         answer = f"There are {state['stock'][item] + k} {item}."
         kind = "order_stock"
     return Task(f"content_ood-{index}", "content_ood", q, state, calls, answer, kind)
+
+
+TRAIN_TASKS = 5000  # seeds per kind the training sampler draws from
+
+
+def sample_train_tasks(rng: random.Random, count: int) -> list[Task]:
+    """`count` training tasks that cover the kinds evenly (every kind once per len(KINDS) tasks).
+
+    Kinds differ a lot in difficulty; drawing them at random makes a step's success rate swing with
+    the mix of kinds rather than with the policy, and the collapse onset is defined on that rate.
+    """
+    kinds: list[int] = []
+    while len(kinds) < count:
+        cycle = list(range(len(KINDS)))
+        rng.shuffle(cycle)
+        kinds += cycle
+    return [make_task("train", rng.randrange(TRAIN_TASKS), kind=k) for k in kinds[:count]]
 
 
 def tasks(split: str, count: int, start: int = 0) -> list[Task]:

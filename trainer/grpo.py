@@ -17,11 +17,11 @@ import torch.distributed as dist
 
 from collapsewatch.schema import STRUCTURAL_STATES
 from collapsewatch.trainer import env
-from collapsewatch.trainer.batch import collate, completion_logits, token_logprobs
+from collapsewatch.trainer.batch import collate, completion_logits, grouped_completion_logits, token_logprobs
 from collapsewatch.trainer.recipes import TrainConfig
 from collapsewatch.trainer.recording import RunLog
 from collapsewatch.trainer.rollout import ChatFormat, Rollout, RolloutSpec, expert_rollout, generate
-from collapsewatch.trainer.sft import TRAIN_TASKS, sft_loss
+from collapsewatch.trainer.sft import sft_loss
 
 try:  # structural states for the progress bar and the states/* scalars, when diagnostics is present
     from collapsewatch.diagnostics.structure import classify_turn
@@ -68,7 +68,7 @@ def grpo_step(s: GRPOState, step: int) -> dict[str, float]:
     # --- 1. rollout: G episodes per task; sample 0 may be the expert, the last h see a hint -----------
     t0 = time.perf_counter()
     num_tasks = cfg.tasks_per_step // s.world_size
-    tasks = [env.make_task("train", s.task_rng.randrange(TRAIN_TASKS)) for _ in range(num_tasks)]
+    tasks = env.sample_train_tasks(s.task_rng, num_tasks)
     specs = [
         RolloutSpec(task, g, k, hint=k >= G - cfg.hint_rollouts)
         for g, task in enumerate(tasks)
@@ -111,7 +111,7 @@ def grpo_step(s: GRPOState, step: int) -> dict[str, float]:
             old_logp[rescore] = token_logprobs(completion_logits(s.policy, sub), sub.completion_ids)[0]
         ref_logp = None
         if s.ref is not None and cfg.kl_coef > 0:
-            ref_logp = token_logprobs(completion_logits(s.ref, batch), batch.completion_ids)[0]
+            ref_logp = token_logprobs(grouped_completion_logits(s.ref, batch, G), batch.completion_ids)[0]
     old_logp = torch.nan_to_num(old_logp, nan=0.0)
 
     # --- 4. clipped policy-gradient update: one epoch, `minibatches` optimizer steps, token-mean -----
@@ -122,12 +122,14 @@ def grpo_step(s: GRPOState, step: int) -> dict[str, float]:
     s.model.train()
     total_tokens = batch.policy_mask.sum().clamp(min=1).float()
     order = torch.randperm(len(batch), generator=s.sample_gen, device="cpu").to(s.device)
+    if cfg.minibatches == 1:  # one minibatch: row order is irrelevant, keep groups whole (shared prompts)
+        order = torch.arange(len(batch), device=s.device)
     acc = _Accumulator()
     for mb_index, rows in enumerate(order.chunk(cfg.minibatches)):
         mb = batch.rows(rows)
         mask, adv = mb.policy_mask.float(), advantages[rows].unsqueeze(1)
         with s.autocast():
-            logits = completion_logits(s.model, mb)
+            logits = grouped_completion_logits(s.model, mb, G if cfg.minibatches == 1 else 1)
         logp, entropy = token_logprobs(logits, mb.completion_ids)
         ratio = torch.exp(logp - old_logp[rows])
         clipped_ratio = ratio.clamp(1 - cfg.clip_low, 1 + cfg.clip_high)

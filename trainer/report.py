@@ -18,9 +18,10 @@ from collapsewatch.diagnostics.onset import ONSET_WINDOW, collapse_onset
 
 # (token, position type, statistic): the series that moved in the collapse runs
 PLOT_TOKENS = [
-    ("<tool_call>", "turn_start", "mean"),
-    ("<|im_end|>", "after_close_tag", "mean"),
-    ("</tool_call>", "turn_start", "unexpected_max"),
+    ("<tool_call>", "after_open_tag", "p99"),
+    ("<tool_call>", "in_call", "p99"),
+    ("</tool_call>", "turn_start", "p99"),
+    ("<|im_end|>", "after_open_tag", "p99"),
 ]
 
 

@@ -13,8 +13,6 @@ from collapsewatch.trainer import env
 from collapsewatch.trainer.batch import collate, completion_logits, token_logprobs
 from collapsewatch.trainer.rollout import ChatFormat, Rollout, expert_rollout
 
-TRAIN_TASKS = 5000  # size of the training split the task sampler draws from
-
 
 def sft_loss(model: torch.nn.Module, rollouts: list[Rollout], pad_id: int, device) -> torch.Tensor:
     """Token-mean negative log-likelihood of the policy tokens (tool output and prompt excluded), nats."""
@@ -25,7 +23,7 @@ def sft_loss(model: torch.nn.Module, rollouts: list[Rollout], pad_id: int, devic
 
 
 def expert_batch(fmt: ChatFormat, rng: random.Random, size: int) -> list[Rollout]:
-    return [expert_rollout(fmt, env.make_task("train", rng.randrange(TRAIN_TASKS))) for _ in range(size)]
+    return [expert_rollout(fmt, env.make_task("train", rng.randrange(env.TRAIN_TASKS))) for _ in range(size)]
 
 
 def train_sft(

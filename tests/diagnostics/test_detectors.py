@@ -221,6 +221,27 @@ def test_control_spike_names_token_position_and_rollouts():
     assert a.value > 50 * a.baseline
 
 
+def test_control_spike_pages_alone_only_when_the_grammar_moves_together():
+    def run(series_moving):
+        rng = np.random.default_rng(4)
+        det, alerts = ControlTokenSpike(CONFIG), []
+        positions = ["after_open_tag", "turn_start", "in_call"]
+        for step in range(60):
+            scalars = {
+                control_stat_name("<|im_end|>", pos, "mean"): jitter(rng, 1e-5, 0.3)
+                * (200 if step >= 40 and k < series_moving else 1)
+                for k, pos in enumerate(positions)
+            }
+            alerts += det.update(step_features(step, scalars, None))
+        return alerts
+
+    one, two = run(1), run(2)
+    assert one and {a.severity for a in one} == {"warning"}  # one token at one position: a warning
+    assert two[0].severity == "critical" and two[0].evidence["series_moving"] == 2
+    assert "grammar itself is shifting" in two[0].message
+    assert not any(a.severity == "critical" for a in run(0))
+
+
 def test_control_spike_ignores_tokens_it_was_not_told_about():
     rng = np.random.default_rng(2)
     det = ControlTokenSpike(CONFIG, control_tokens=["<tool_call>"])

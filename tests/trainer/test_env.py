@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import random
 
 from collapsewatch.trainer import env
+from collapsewatch.trainer.recipes import TrainConfig
+from collapsewatch.trainer.tokenizer import train_tokenizer
 
 
 def _play(task: env.Task, turns: list[str]) -> env.Episode:
@@ -62,3 +65,25 @@ def test_content_ood_uses_unseen_tools():
     seen = {t["name"] for t in env.tools_json("train")}
     for task in env.tasks("content_ood", 20):
         assert {name for name, _ in task.expert_calls}.isdisjoint(seen)
+
+
+def test_training_batches_cover_every_kind_evenly():
+    batch = env.sample_train_tasks(random.Random(0), 2 * len(env.KINDS))
+    kinds = [t.kind for t in batch]
+    assert len(set(kinds)) == len(env.KINDS) and all(kinds.count(k) == 2 for k in kinds)
+    for task in batch:
+        assert _play(
+            task, [m["content"] for m in env.expert_messages(task) if m["role"] == "assistant"]
+        ).success()
+
+
+def test_every_expert_turn_fits_the_default_turn_budget():
+    # a turn cut short can never succeed: a budget below the longest call silently caps success
+    tok = train_tokenizer(TrainConfig.vocab_size, TrainConfig.tokenizer_tasks)
+    longest = max(
+        len(tok(m["content"] + "<|im_end|>", add_special_tokens=False)["input_ids"])
+        for task in env.tasks("train", 400) + env.tasks("format_ood", 100) + env.tasks("content_ood", 100)
+        for m in env.expert_messages(task)
+        if m["role"] == "assistant"
+    )
+    assert longest <= TrainConfig.max_turn_tokens

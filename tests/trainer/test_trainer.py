@@ -17,7 +17,7 @@ import torch
 import collapsewatch as cw
 from collapsewatch.trainer import env
 from collapsewatch.trainer import model as model_lib
-from collapsewatch.trainer.batch import collate, completion_logits, token_logprobs
+from collapsewatch.trainer.batch import collate, completion_logits, grouped_completion_logits, token_logprobs
 from collapsewatch.trainer.grpo import GRPOState, grpo_step
 from collapsewatch.trainer.rollout import ChatFormat, RolloutSpec, expert_rollout, generate
 from collapsewatch.trainer.sft import expert_batch, sft_loss, train_sft
@@ -66,6 +66,33 @@ def test_tool_output_is_masked_from_the_loss(tok):
     assert logits.grad[0, ~tool_rows].abs().max() > 0
 
 
+def test_shared_prompt_forward_gives_the_same_logits_and_gradients(tok):
+    fmt = ChatFormat(tok)
+    model = model_lib.build_model("tiny", tok, seed=1).train()
+    tasks = env.sample_train_tasks(random.Random(3), 3)
+    specs = [RolloutSpec(t, g, k) for g, t in enumerate(tasks) for k in range(4)]
+    rollouts = generate(
+        model, fmt, specs, max_turns=2, max_turn_tokens=8, max_context=256, temperature=1.0,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    rollouts[4] = expert_rollout(fmt, tasks[1], 1, 0)  # an expert row shares its group's prompt too
+    batch = collate(rollouts, fmt.pad_id)
+    plain, grouped = completion_logits(model, batch), grouped_completion_logits(model, batch, 4)
+    mask = batch.completion_mask
+    assert torch.allclose(plain[mask], grouped[mask], atol=1e-5)
+    grads = [
+        torch.autograd.grad(token_logprobs(x, batch.completion_ids)[0][mask].sum(), list(model.parameters()))
+        for x in (completion_logits(model, batch), grouped_completion_logits(model, batch, 4))
+    ]
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    # rows whose prompts differ within a block fall back to the plain forward
+    mixed = collate([rollouts[0], rollouts[4], rollouts[1], rollouts[5]], fmt.pad_id)
+    assert torch.allclose(
+        grouped_completion_logits(model, mixed, 2), completion_logits(model, mixed), atol=1e-6
+    )
+
+
 def test_sft_lowers_the_loss(tok):
     fmt = ChatFormat(tok)
     model = model_lib.build_model("tiny", tok)
@@ -84,7 +111,7 @@ def test_grpo_step_moves_logprobs_in_the_direction_of_the_advantages(tok, tiny_c
     s = _state(cfg, tok)
     task_rng_copy = random.Random()
     task_rng_copy.setstate(s.task_rng.getstate())
-    tasks = [env.make_task("train", task_rng_copy.randrange(5000)) for _ in range(cfg.tasks_per_step)]
+    tasks = env.sample_train_tasks(task_rng_copy, cfg.tasks_per_step)
     experts = [expert_rollout(s.fmt, t) for t in tasks]
     samples = generate(
         s.policy, s.fmt, [RolloutSpec(t, 0, 0) for t in tasks], max_turns=2, max_turn_tokens=8,
