@@ -240,7 +240,18 @@ def main() -> None:
     ap.add_argument(
         "--warmup", type=int, default=WARMUP, help="warm-up steps (detectors, baseline, first moves)"
     )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="other MonitorConfig overrides, e.g. --set ctrl_page_series=0 (numbers only)",
+    )
     args = ap.parse_args()
+    overrides = {
+        k: float(v) if "." in v or "e" in v else int(v) for k, _, v in (kv.partition("=") for kv in args.set)
+    }
+    monitor_config = {"warmup": args.warmup, **overrides}
     root = Path(args.root)
     plot_dir = Path(args.plots) if args.plots else None
     if plot_dir:
@@ -257,7 +268,7 @@ def main() -> None:
                 if path is None:
                     print(f"missing run {run_dir(root, recipe, seed)} (use --train)", file=sys.stderr)
                     continue
-                findings = scan(path, config={"warmup": args.warmup})
+                findings = scan(path, config=monitor_config)
                 t = step_table(path)
                 base = baseline_alarm(t, args.warmup)
                 succ, succ_name = success_of(t)
@@ -336,6 +347,7 @@ def main() -> None:
         "stable_recipes": args.stable,
         "seeds": args.seeds,
         "warmup": args.warmup,
+        "config_overrides": overrides,
         "collapsing_runs": len(collapsed),
         "collapsing_recipe_runs_without_collapse": sum(
             1 for r in per_run if r["kind"] == "collapsing" and r["onset"] is None

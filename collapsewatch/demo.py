@@ -38,7 +38,8 @@ class DemoPlan:
 # step ~31, so 45 steps show the hold, the break and the aftermath.
 FULL = DemoPlan(steps=45, seed=1, sets=("eval_tasks=32", "checkpoint_every=0"))
 # A short warm start, half-size groups and a higher LR reached after 10 steps: the same story, sooner
-# and noisier (the detectors keep their default 15-step warm-up).
+# and noisier (the detectors keep their default 15-step warm-up). ~4 minutes from an empty cache on
+# 2 cores; halving `interleaved`'s SFT (err_sft_steps=1) made it ~3 but cost the contrast.
 QUICK = DemoPlan(
     steps=28,
     seed=1,
