@@ -36,7 +36,7 @@ class DemoPlan:
 
 # The reproduction's recipes and warm start (docs/reproduction.md): seed 1's `collapse` pages at
 # step 22 and collapses at 31, its `interleaved` twin holds; 40 steps show the hold and the break.
-# 7 minutes with the warm start cached (45 steps, measured), plus ~9 to build it the first time.
+# 6.5 minutes with the warm start cached (measured), plus ~9 to build it the first time.
 FULL = DemoPlan(steps=40, seed=1, sets=("eval_tasks=16", "checkpoint_every=0"))
 # A short warm start, half-size groups and a higher LR reached after 10 steps: the same story, sooner
 # and noisier (the detectors keep their default 15-step warm-up). ~4 minutes from an empty cache on
