@@ -245,12 +245,10 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="other MonitorConfig overrides, e.g. --set ctrl_page_series=0 (numbers only)",
+        help="other MonitorConfig overrides, e.g. --set ctrl_page_series=0 (numeric fields)",
     )
     args = ap.parse_args()
-    overrides = {
-        k: float(v) if "." in v or "e" in v else int(v) for k, _, v in (kv.partition("=") for kv in args.set)
-    }
+    overrides = {k: type(getattr(MonitorConfig, k))(v) for k, _, v in (kv.partition("=") for kv in args.set)}
     monitor_config = {"warmup": args.warmup, **overrides}
     root = Path(args.root)
     plot_dir = Path(args.plots) if args.plots else None

@@ -268,7 +268,7 @@ def make_task(split: str, index: int, kind: int | None = None) -> Task:
     state = _initial_state(rng)
     if split == "content_ood":
         return _content_ood_task(rng, state, index)
-    drawn = rng.choice(KINDS)
+    drawn = rng.choice(KINDS)  # drawn even when `kind` is given, so the rest of the seed's draws match
     kind_fn = drawn if kind is None else KINDS[kind]
     question, calls, answer = kind_fn(rng, state)
     uid = f"{split}-{index}" if kind is None else f"{split}-{index}-k{kind}"
@@ -374,7 +374,7 @@ def _content_ood_task(rng: random.Random, state: dict[str, Any], index: int) -> 
     return Task(f"content_ood-{index}", "content_ood", q, state, calls, answer, kind)
 
 
-TRAIN_TASKS = 5000  # seeds per kind the training sampler draws from
+TRAIN_TASKS = 5000  # task indices the training samplers (RL and SFT) draw from
 
 
 def sample_train_tasks(rng: random.Random, count: int) -> list[Task]:

@@ -122,14 +122,14 @@ def grpo_step(s: GRPOState, step: int) -> dict[str, float]:
     s.model.train()
     total_tokens = batch.policy_mask.sum().clamp(min=1).float()
     order = torch.randperm(len(batch), generator=s.sample_gen, device="cpu").to(s.device)
-    if cfg.minibatches == 1:  # one minibatch: row order is irrelevant, keep groups whole (shared prompts)
-        order = torch.arange(len(batch), device=s.device)
+    if cfg.minibatches == 1:  # row order is irrelevant then: keep groups whole so prompts are shared
+        order = torch.arange(len(batch), device=s.device)  # (the draw above keeps the sampling stream)
     acc = _Accumulator()
     for mb_index, rows in enumerate(order.chunk(cfg.minibatches)):
         mb = batch.rows(rows)
         mask, adv = mb.policy_mask.float(), advantages[rows].unsqueeze(1)
         with s.autocast():
-            logits = grouped_completion_logits(s.model, mb, G if cfg.minibatches == 1 else 1)
+            logits = grouped_completion_logits(s.model, mb, G)  # plain forward for shuffled rows
         logp, entropy = token_logprobs(logits, mb.completion_ids)
         ratio = torch.exp(logp - old_logp[rows])
         clipped_ratio = ratio.clamp(1 - cfg.clip_low, 1 + cfg.clip_high)

@@ -110,7 +110,7 @@ class TrainConfig:
 
 
 RECIPES: dict[str, dict] = {
-    # Pure GRPO, binary reward, no KL, LR 5e-4 reached after a 30-step warm-up.
+    # Pure GRPO, binary reward, no KL, LR 7e-4 reached after a 30-step warm-up.
     "collapse": {},
     # + erroneous-example SFT after every RL step: 2 minibatches on expert turns of tasks failed in
     # the last 10 steps (every 2 steps let success dip to within 0.01 of the onset line in a pilot).
