@@ -33,7 +33,7 @@ lint: $(STAMP)
 test: setup lint
 	$(VENV)/bin/pytest -q
 
-demo: setup
+demo: $(STAMP)
 	$(PY) -m collapsewatch demo $(if $(QUICK),--quick,)
 
 clean:

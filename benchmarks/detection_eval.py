@@ -79,8 +79,15 @@ def success_of(t: pd.DataFrame) -> tuple[np.ndarray, str]:
     return found[1], found[2]
 
 
-def baseline_alarm(t: pd.DataFrame, warmup: int = WARMUP) -> int | None:
-    """First step the scalar-only monitor alarms (entropy band, KL limit, reward drift)."""
+def baseline_alarm(
+    t: pd.DataFrame,
+    warmup: int = WARMUP,
+    reward_frac: float = 0.8,
+    entropy_band: float = 2.0,
+    kl_max: float = 0.1,
+) -> int | None:
+    """First step the scalar-only monitor alarms: entropy outside [1/band, band] x its warm-up mean,
+    KL above `kl_max` nats, or the 5-step mean reward below `reward_frac` of its running peak."""
     steps = t["step"].to_numpy()
     ent_name = next((n for n in ("entropy/mean", "tokens/entropy_mean") if n in t.columns), None)
     ent = t[ent_name].to_numpy(dtype=float) if ent_name else np.full(len(t), np.nan)
@@ -90,12 +97,49 @@ def baseline_alarm(t: pd.DataFrame, warmup: int = WARMUP) -> int | None:
     mean5 = pd.Series(reward).rolling(5, min_periods=5).mean().to_numpy()
     peak = np.fmax.accumulate(np.nan_to_num(mean5, nan=-np.inf))
     for i in range(warmup, len(t)):
-        if np.isfinite(ent[i]) and np.isfinite(warm_ent) and not 0.5 * warm_ent <= ent[i] <= 2.0 * warm_ent:
+        if (
+            np.isfinite(ent[i])
+            and np.isfinite(warm_ent)
+            and not warm_ent / entropy_band <= ent[i] <= entropy_band * warm_ent
+        ):
             return int(steps[i])
-        if np.isfinite(kl[i]) and kl[i] > 0.1:
+        if np.isfinite(kl[i]) and kl[i] > kl_max:
             return int(steps[i])
-        if np.isfinite(mean5[i]) and peak[i] > 0 and mean5[i] < 0.8 * peak[i]:
+        if np.isfinite(mean5[i]) and peak[i] > 0 and mean5[i] < reward_frac * peak[i]:
             return int(steps[i])
+    return None
+
+
+# The scalar monitor's thresholds from loose to strict; `quiet_baseline` takes the first that stays
+# silent on every stable run, so its lead is compared with ours at the same false-alarm count.
+BASELINE_SWEEP = [
+    {"reward_frac": r, "entropy_band": b, "kl_max": k}
+    for r in (0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4)
+    for b in (2.0, 3.0, 5.0)
+    for k in (0.1, 0.3, 1.0)
+]
+
+
+def quiet_baseline(tables: dict[str, tuple[str, pd.DataFrame, int | None]], warmup: int) -> dict | None:
+    """The most sensitive BASELINE_SWEEP setting with no alarm on a stable run, and its leads."""
+    for setting in BASELINE_SWEEP:
+        alarms = {name: baseline_alarm(t, warmup, **setting) for name, (_, t, _) in tables.items()}
+        if any(alarms[n] is not None for n, (kind, _, _) in tables.items() if kind == "stable"):
+            continue
+        leads = [
+            onset - alarms[n]
+            for n, (kind, _, onset) in tables.items()
+            if kind == "collapsing" and onset is not None and alarms[n] is not None
+        ]
+        collapsed = [
+            n for n, (kind, _, onset) in tables.items() if kind == "collapsing" and onset is not None
+        ]
+        return {
+            **setting,
+            "median_lead_steps": float(np.median(leads)) if leads else None,
+            "detected_by_onset_fraction": round(sum(x >= 0 for x in leads) / max(len(collapsed), 1), 3),
+            "alarms": alarms,
+        }
     return None
 
 
@@ -228,6 +272,15 @@ def plot_leads(leads: dict[str, list[int]], out_dir: Path, top: int = 20) -> str
     return str(path)
 
 
+def _parse_setting(pair: str) -> tuple[str, object]:
+    """`KEY=VALUE` for a MonitorConfig field, parsed by the field's type (tuples: comma-separated)."""
+    key, _, raw = pair.partition("=")
+    default = getattr(MonitorConfig, key)
+    if isinstance(default, tuple):
+        return key, tuple(x for x in raw.split(",") if x)
+    return key, type(default)(raw)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", default="/work/runs/repro")
@@ -248,7 +301,7 @@ def main() -> None:
         help="other MonitorConfig overrides, e.g. --set ctrl_page_series=0 (numeric fields)",
     )
     args = ap.parse_args()
-    overrides = {k: type(getattr(MonitorConfig, k))(v) for k, _, v in (kv.partition("=") for kv in args.set)}
+    overrides = dict(_parse_setting(kv) for kv in args.set)
     monitor_config = {"warmup": args.warmup, **overrides}
     root = Path(args.root)
     plot_dir = Path(args.plots) if args.plots else None
@@ -256,6 +309,7 @@ def main() -> None:
         plot_dir.mkdir(parents=True, exist_ok=True)
 
     per_run = []
+    tables: dict[str, tuple[str, pd.DataFrame, int | None]] = {}
     leads: dict[str, list[int]] = defaultdict(list)
     leads_vs_break: dict[str, list[int]] = defaultdict(list)
     stable_moves: dict[str, int] = defaultdict(int)
@@ -269,6 +323,7 @@ def main() -> None:
                 findings = scan(path, config=monitor_config)
                 t = step_table(path)
                 base = baseline_alarm(t, args.warmup)
+                tables[path.name] = (kind, t, collapse_onset(t["step"].to_numpy(), success_of(t)[0]))
                 succ, succ_name = success_of(t)
                 onset = collapse_onset(t["step"].to_numpy(), succ)
                 # secondary, for runs whose success never got high: the same rule on the healthy-turn share
@@ -360,6 +415,8 @@ def main() -> None:
         if collapsed
         else None,
         "baseline_stable_runs_with_alarm": sum(1 for r in stable if r["baseline_alarm"] is not None),
+        # the same scalar monitor with its thresholds tightened until no stable run alarms
+        "baseline_at_zero_false_alarms": quiet_baseline(tables, args.warmup),
         "leading_statistics": [{"series": n, **consistent[n]} for n in leading[:12]],
         "control_series_lead_over_format_break": {
             n: {

@@ -35,22 +35,26 @@ class DemoPlan:
 
 
 # The reproduction's recipes and warm start (docs/reproduction.md): seed 1's `collapse` pages at
-# step 22 and collapses at 31, its `interleaved` twin holds; 40 steps show the hold and the break.
+# step 25 and collapses at 31, its `interleaved` twin holds; 40 steps show the hold and the break.
 # 6.5 minutes with the warm start cached (measured), plus ~9 to build it the first time.
 FULL = DemoPlan(steps=40, seed=1, sets=("eval_tasks=16", "checkpoint_every=0"))
-# A short warm start, half-size groups and a higher LR reached after 10 steps: the same story, sooner
-# and noisier (the detectors keep their default 15-step warm-up). ~4 minutes from an empty cache on
-# 2 cores; halving `interleaved`'s SFT (err_sft_steps=1) made it ~3 but cost the contrast.
+# A 200-step warm start, groups of 4, one minibatch per step (so the update shares each group's
+# prompt), the LR reaching 1e-3 at step 20, interleaved SFT on 2 x 16 expert trajectories, no
+# evaluation passes: `collapse`'s format breaks at step 17 and the verdict pages at 16, while
+# `interleaved` stays healthy. 151 s from an empty cache on the quiet 2-core machine (63 s of it the
+# warm start). Its success rate is ~0.05 from the start, so the format break is the story here.
 QUICK = DemoPlan(
-    steps=28,
+    steps=24,
     seed=1,
     sets=(
         "sft_steps=200",
         "group_size=4",
-        "lr=1.5e-3",
-        "warmup_steps=10",
-        "eval_tasks=8",
+        "lr=1e-3",
+        "warmup_steps=20",
+        "eval_tasks=0",
         "checkpoint_every=0",
+        "minibatches=1",
+        "err_sft_batch=16",
     ),
 )
 
@@ -172,8 +176,10 @@ def run_demo(args: argparse.Namespace) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     started = time.time()
 
+    phases: dict[str, float] = {}
     console.rule("[bold]1. warm start (SFT on expert trajectories, cached)")
     _warm_start(plan)
+    phases["warm start"] = time.time() - started
 
     dashboard = None
     if not args.no_dashboard:
@@ -195,13 +201,14 @@ def run_demo(args: argparse.Namespace) -> int:
         if dashboard is not None:
             dashboard.terminate()
             dashboard.wait(timeout=10)
+    phases["training"] = time.time() - started - sum(phases.values())
     failed = [n for n, c in codes.items() if c != 0]
     if failed:
         raise UserError(f"training failed for {', '.join(failed)}: see {out}/<recipe>.log")
 
     console.rule("[bold]3. post-mortem: collapsewatch scan")
     table = Table()
-    for col in ("run", "collapse onset", "first critical", "lead (steps)", "critical alerts", "root cause"):
+    for col in ("run", "success onset", "format break", "first critical", "lead", "criticals", "root cause"):
         table.add_column(col)
     summary = {}
     for name in RECIPES:
@@ -215,6 +222,7 @@ def run_demo(args: argparse.Namespace) -> int:
         table.add_row(
             name,
             str(findings["collapse_onset_step"]),
+            str(findings["format_onset_step"]),
             str(findings["first_critical_step"]),
             str(findings["lead_steps"]),
             str(len(critical)),
@@ -226,5 +234,8 @@ def run_demo(args: argparse.Namespace) -> int:
     console.print(
         f"reports: {', '.join(str(out / f'{n}-report.html') for n in RECIPES)}; findings: {out / 'scan.json'}"
     )
-    console.print(f"browse later: [bold]collapsewatch dashboard {out}[/]   ({time.time() - started:.0f} s)")
+    phases["scan + reports"] = time.time() - started - sum(phases.values())
+    timing = ", ".join(f"{name} {secs:.0f} s" for name, secs in phases.items())
+    console.print(f"browse later: [bold]collapsewatch dashboard {out}[/]")
+    console.print(f"took {time.time() - started:.0f} s ({timing})")
     return 0

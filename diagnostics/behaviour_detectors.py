@@ -8,7 +8,15 @@ from collections import deque
 import numpy as np
 
 from collapsewatch.diagnostics.alerts import Alert
-from collapsewatch.diagnostics.baseline import KofN, RobustBaseline, RunningPeak, update_rate
+from collapsewatch.diagnostics.baseline import (
+    MAD_TO_SIGMA,
+    KofN,
+    RobustBaseline,
+    RunningPeak,
+    inverse_logit,
+    logit_rate,
+    update_rate,
+)
 from collapsewatch.diagnostics.detector_base import Detector, MonitorConfig, fmt
 from collapsewatch.diagnostics.features import StepFeatures
 from collapsewatch.diagnostics.onset import SUCCESS_NAMES
@@ -20,15 +28,22 @@ _SUPERVISE = (
 
 
 class StructuralShift(Detector):
-    """Share of turns in text pollution or full collapse rises above its baseline."""
+    """Share of turns in text pollution or full collapse shifts up from its warm-up level.
+
+    A one-sided CUSUM on robust z-scores (logit scale) against the warm-up's median and MAD, which stay
+    fixed afterwards: on the bundled trainer the format degrades over 10-20 steps, and an adaptive
+    baseline widens with such a ramp until no single step stands out (docs/detection.md).
+    """
 
     name = "structural_shift"
     family = "structure"
 
     def __init__(self, config: MonitorConfig):
         super().__init__(config)
-        self.base = RobustBaseline(config.warmup, config.span, min_scale=0.3)
-        self.persist = KofN(config.persist_k, config.persist_n)
+        self.warm: list[float] = []
+        self.center = math.nan
+        self.scale = math.nan
+        self.cusum = 0.0
 
     def update(self, f: StepFeatures) -> list[Alert]:
         broken = f.get("state/broken_turns")
@@ -36,17 +51,26 @@ class StructuralShift(Detector):
             return []
         self.seen += 1
         c = self.config
-        z, base_rate = update_rate(self.base, broken)
-        hit = z >= c.z_warn and broken - base_rate >= c.structure_min_rise
-        if not self.persist.update(hit):
+        x = logit_rate(broken)
+        if len(self.warm) < c.warmup:
+            self.warm.append(x)
+            if len(self.warm) == c.warmup:
+                arr = np.asarray(self.warm)
+                self.center = float(np.median(arr))
+                self.scale = max(MAD_TO_SIGMA * float(np.median(np.abs(arr - self.center))), 0.3)
+            return []
+        z = (x - self.center) / self.scale
+        self.cusum = max(0.0, self.cusum + z - c.structure_cusum_k)
+        base_rate = inverse_logit(self.center)
+        if self.cusum < c.structure_cusum_h or broken - base_rate < c.structure_min_rise:
             return []
         pollution, collapse = f.get("state/text_pollution"), f.get("state/full_collapse")
         kind = "full collapse (empty turns, bare tags)" if collapse >= pollution else "text pollution"
         states = f.rollout_states or []
         broken_mask = np.array([s is not None and not s.healthy for s in states], dtype=bool)
         msg = (
-            f"{broken:.0%} of assistant turns are broken (baseline {base_rate:.0%}), mostly {kind}: "
-            f"the tool-call format is breaking. {_SUPERVISE}"
+            f"{broken:.0%} of assistant turns are broken (warm-up level {base_rate:.0%}), mostly {kind}, and "
+            f"the rise has lasted (CUSUM {self.cusum:.1f}): the tool-call format is breaking. {_SUPERVISE}"
         )
         a = self.emit(
             f,
@@ -56,6 +80,7 @@ class StructuralShift(Detector):
             base_rate,
             text_pollution=pollution,
             full_collapse=collapse,
+            cusum=self.cusum,
             rollouts=f.uids(mask=broken_mask) if len(broken_mask) else [],
         )
         return [a] if a else []

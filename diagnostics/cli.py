@@ -43,6 +43,10 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         f"   first critical: {findings.first_critical_step if findings.first_critical_step is not None else 'none'}"
         f"   lead: {findings.lead_steps if findings.lead_steps is not None else '-'} steps"
     )
+    fmt_onset = findings.format_onset_step
+    console.print(
+        f"format break (healthy turns below half their peak): {'none' if fmt_onset is None else f'step {fmt_onset}'}"
+    )
     if findings.root_cause:
         top = findings.root_cause[0]
         console.print(f"[bold]root cause (first to move):[/] {top['evidence']}")

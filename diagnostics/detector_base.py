@@ -34,11 +34,15 @@ class MonitorConfig:
     # A spike pages on its own (critical) when this many (token, position) series move together, each
     # at least ctrl_page_fold x its baseline: the whole tool-call grammar is shifting, not one token
     # (0 turns this off; then only the combined verdict pages).
-    ctrl_page_series: int = 2
+    ctrl_page_series: int = 0
     ctrl_page_fold: float = 10.0
     # structural states
     max_classified: int = 128  # rollouts per step whose text is classified (evenly spaced sample)
-    structure_min_rise: float = 0.10  # absolute rise of the broken-turn share over its baseline
+    # structural states: one-sided CUSUM of the broken-turn share (logit scale) against the warm-up's
+    # median and MAD, so a slow, sustained rise adds up instead of widening its own yardstick
+    structure_min_rise: float = 0.15  # absolute rise of the broken-turn share over its warm-up level
+    structure_cusum_k: float = 1.0  # robust z a step must exceed to add to the sum (slack)
+    structure_cusum_h: float = 8.0  # sum that counts as a shift
     # outcome and behaviour
     peak_window: int = 5  # moving-mean window for peak-then-collapse, steps
     success_drop: float = 0.7  # warn when the moving mean falls below this share of its peak
@@ -63,6 +67,8 @@ class MonitorConfig:
     verdict_window: int = 5  # steps within which families must agree
     verdict_min_families: int = 2
     verdict_cooldown: int = 20
+    # families that must be among the agreeing ones for a page (empty: any two families will do)
+    verdict_requires: tuple[str, ...] = ("structure",)
 
     @classmethod
     def from_any(cls, config: MonitorConfig | Mapping[str, Any] | None) -> MonitorConfig:

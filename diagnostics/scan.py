@@ -48,6 +48,9 @@ class Findings:
     steps: int
     collapse_onset_step: int | None
     onset_series: str | None
+    # the same fixed rule on the share of healthy turns: when the format broke (it can come before,
+    # with or after the success onset, and is the only onset a run with near-zero success has)
+    format_onset_step: int | None
     first_critical_step: int | None
     first_warning_step: int | None
     lead_steps: int | None
@@ -164,6 +167,14 @@ def onset_from_timeline(timeline: pd.DataFrame) -> tuple[int | None, str | None]
     return collapse_onset(steps, values), name
 
 
+def format_onset_from_timeline(timeline: pd.DataFrame) -> int | None:
+    healthy_names = ("state/healthy_tool_call", "state/healthy_response")
+    if timeline.empty or not all(n in timeline.columns for n in healthy_names):
+        return None
+    healthy = sum(pd.to_numeric(timeline[n], errors="coerce") for n in healthy_names)
+    return collapse_onset(timeline["step"].to_numpy(), healthy.to_numpy(dtype=float))
+
+
 def scan(
     run_or_path: Any,
     config: MonitorConfig | Mapping[str, Any] | None = None,
@@ -210,6 +221,7 @@ def scan(
         steps=len(timeline),
         collapse_onset_step=onset,
         onset_series=series,
+        format_onset_step=format_onset_from_timeline(timeline),
         first_critical_step=first_critical,
         first_warning_step=min(warns) if warns else None,
         lead_steps=lead,

@@ -34,6 +34,7 @@ class CombinedVerdict:
         self.last_page: int | None = None
         self.confidence = 0.0
         self.families_seen: set[str] = set()
+        self.last_control: Alert | None = None
 
     def update(self, step: int, alerts: list[Alert], families_with_data: set[str]) -> list[Alert]:
         c = self.config
@@ -41,9 +42,11 @@ class CombinedVerdict:
         for a in alerts:
             if a.rank >= 1 and a.family in _FAMILY_LABEL:
                 self.last_warning[a.family] = step
+            if a.rank >= 1 and a.family == "control":
+                self.last_control = a  # the suspect to name, even when it moved before the window
         agreeing = sorted(f for f, s in self.last_warning.items() if step - s < c.verdict_window)
         self.confidence = min(1.0, len(agreeing) / 3.0)
-        if len(agreeing) < c.verdict_min_families:
+        if len(agreeing) < c.verdict_min_families or not set(c.verdict_requires) <= set(agreeing):
             return []
         if self.last_page is not None and step - self.last_page < c.verdict_cooldown:
             return []
@@ -54,10 +57,13 @@ class CombinedVerdict:
             if a.family in agreeing
         ]
         labels = ", ".join(_FAMILY_LABEL[f] for f in agreeing)
-        lead = next((a for a in alerts if a.family == "control"), None)
+        lead = next((a for a in alerts if a.family == "control"), self.last_control)
         hint = ""
         if lead is not None:
-            hint = f" First suspect: p({lead.evidence.get('token')}) at {lead.evidence.get('position_type')} positions."
+            hint = (
+                f" First suspect: p({lead.evidence.get('token')}) at {lead.evidence.get('position_type')} "
+                f"positions (step {lead.step})."
+            )
         msg = (
             f"Collapse likely: {len(agreeing)} independent signal families agree within {c.verdict_window} steps "
             f"({labels}); confidence {self.confidence:.0%}.{hint} Act now: stop or roll back to the last good "

@@ -182,7 +182,8 @@ def grpo_step(s: GRPOState, step: int) -> dict[str, float]:
             group["lr"] = cfg.err_sft_lr if cfg.err_sft_lr is not None else lr
         for _ in range(cfg.err_sft_steps):
             picked = [
-                recent[s.task_rng.randrange(len(recent))] for _ in range(min(cfg.tasks_per_step * 4, 32))
+                recent[s.task_rng.randrange(len(recent))]
+                for _ in range(min(cfg.tasks_per_step * 4, cfg.err_sft_batch))
             ]
             with s.autocast():
                 err_loss = sft_loss(s.model, [expert_rollout(fmt, t) for t in picked], fmt.pad_id, s.device)

@@ -58,6 +58,7 @@ class TrainConfig:
     err_sft_every: int = 0  # K: every K steps, SFT on expert turns of recently failed tasks (0: off)
     err_sft_window: int = 10  # "recently" = the last this many steps
     err_sft_steps: int = 2  # SFT minibatches per interleaved round
+    err_sft_batch: int = 32  # expert trajectories per SFT minibatch
     err_sft_lr: float | None = None  # None: the current RL learning rate
     joint_sft_coef: float = 0.0  # synchronous joint loss: RL + coef * SFT on this step's expert turns
     # fault injection for detector tests (never on in the named recipes)
@@ -65,7 +66,7 @@ class TrainConfig:
     fault_lr_factor: float = 10.0
     # bookkeeping
     checkpoint_every: int = 25
-    eval_tasks: int = 64
+    eval_tasks: int = 64  # held-out tasks per split, greedy, before and after RL (0: skip)
     capture: str = "control"
 
     def override(self, **changes) -> TrainConfig:
@@ -105,6 +106,8 @@ class TrainConfig:
             raise UserError("steps >= 1, group_size >= 2 and tasks_per_step >= 1 are required")
         if self.hint_rollouts + int(self.expert_replacement) >= self.group_size:
             raise UserError("hint_rollouts plus expert replacement must leave policy rollouts in each group")
+        if self.eval_tasks < 0 or self.err_sft_batch < 1:
+            raise UserError("eval_tasks >= 0 and err_sft_batch >= 1 are required")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"--device must be auto, cpu or cuda, not {self.device!r}")
 

@@ -161,7 +161,7 @@ def train(
     }  # fmt: skip
     log = RunLog(str(out), run_name, fmt, config, rank, world)
     s = GRPOState(cfg, ddp_model, model, ref, opt, fmt, device, log, rank, world, task_rng, sample_gen)
-    if start == 1 and rank == 0:
+    if start == 1 and rank == 0 and cfg.eval_tasks > 0:
         warm = evaluate(model, fmt, cfg, device)
         log.update_meta(warm_start_eval=warm)
         say(
@@ -190,12 +190,13 @@ def train(
         raise
     finally:
         if status == "finished" and rank == 0:
-            final = evaluate(model, fmt, cfg, device)
-            log.scalars(cfg.steps, final)
-            log.update_meta(final_eval=final)
+            final = evaluate(model, fmt, cfg, device) if cfg.eval_tasks > 0 else {}
+            if final:
+                log.scalars(cfg.steps, final)
+                log.update_meta(final_eval=final)
             model.save_pretrained(str(run_dir / FINAL_MODEL))
             tok.save_pretrained(str(run_dir / FINAL_MODEL))
-            say(f"{run_name}: finished | " + _fmt_eval(final))
+            say(f"{run_name}: finished | " + (_fmt_eval(final) or "no evaluation (eval_tasks=0)"))
         if status == "finished":
             _save_checkpoint(s, step, ckpt_path)
         log.close(status)

@@ -222,9 +222,11 @@ def test_control_spike_names_token_position_and_rollouts():
 
 
 def test_control_spike_pages_alone_only_when_the_grammar_moves_together():
-    def run(series_moving):
+    paging = MonitorConfig(warmup=20, cooldown=10, ctrl_page_series=2)  # opt-in; off by default
+
+    def run(series_moving, config=paging):
         rng = np.random.default_rng(4)
-        det, alerts = ControlTokenSpike(CONFIG), []
+        det, alerts = ControlTokenSpike(config), []
         positions = ["after_open_tag", "turn_start", "in_call"]
         for step in range(60):
             scalars = {
@@ -240,6 +242,9 @@ def test_control_spike_pages_alone_only_when_the_grammar_moves_together():
     assert two[0].severity == "critical" and two[0].evidence["series_moving"] == 2
     assert "grammar itself is shifting" in two[0].message
     assert not any(a.severity == "critical" for a in run(0))
+    assert not any(
+        a.severity == "critical" for a in run(2, CONFIG)
+    )  # the default leaves paging to the verdict
 
 
 def test_control_spike_ignores_tokens_it_was_not_told_about():
@@ -261,3 +266,52 @@ def test_zero_advantage_all_correct_is_only_info():
         alerts += det.update(step_features(step, {}, seqs_frame(rng, reward=reward)))
     assert alerts and all(a.severity == "info" for a in alerts)
     assert "all-correct" in alerts[0].message
+
+
+def _broken_share_run(shares, seed=0):
+    """StructuralShift over steps whose broken-turn share is drawn around `shares[step]`."""
+    rng = np.random.default_rng(seed)
+    det, alerts = StructuralShift(CONFIG), []
+    for step, share in enumerate(shares):
+        broken = rng.random(N) < share
+        turns = [["<tool_call><|im_end|>"] if b else [CALL, "alice has 40."] for b in broken]
+        alerts += det.update(step_features(step, {}, seqs_frame(rng, turn_texts=turns)))
+    return alerts
+
+
+def test_structural_shift_adds_up_a_slow_ramp():
+    # 5% broken turns, then a rise of ~1.5 points a step from step 30: no single step stands out
+    # much, but the rise lasts (the bundled trainer's collapsing runs look like this)
+    ramp = [0.05] * 30 + [0.05 + 0.015 * k for k in range(1, 31)]
+    fired = [a.step for a in _broken_share_run(ramp) if a.detector == "structural_shift"]
+    assert fired and 36 <= fired[0] <= 48, fired
+    assert "CUSUM" in _broken_share_run(ramp)[0].message
+
+
+def test_structural_shift_ignores_a_one_step_burst_and_binomial_noise():
+    burst = [0.05] * 40 + [0.3] + [0.05] * 39
+    for seed in range(3):
+        assert _broken_share_run(burst, seed) == []
+        assert _broken_share_run([0.1] * 80, seed) == []
+
+
+def test_verdict_pages_only_when_the_format_itself_breaks():
+    """Control tokens and task success moving together without broken turns is format stress that
+    supervised runs repair (docs/detection.md); the page waits for the structural shift."""
+    from collapsewatch.diagnostics.alerts import Alert
+    from collapsewatch.diagnostics.verdict import CombinedVerdict
+
+    def warn(step, family):
+        return Alert(step=step, detector=family, severity="warning", message="m", family=family)
+
+    families = {"control", "outcome", "structure", "optimization"}
+    verdict = CombinedVerdict(MonitorConfig())
+    assert (
+        verdict.update(30, [warn(30, "control"), warn(30, "outcome"), warn(30, "optimization")], families)
+        == []
+    )
+    page = verdict.update(32, [warn(32, "structure")], families)
+    assert page and page[0].severity == "critical"
+    assert set(page[0].evidence["families"]) == {"control", "outcome", "structure", "optimization"}
+    loose = CombinedVerdict(MonitorConfig(verdict_requires=()))
+    assert loose.update(30, [warn(30, "control"), warn(30, "outcome")], families)

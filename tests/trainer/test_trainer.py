@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import collapsewatch as cw
+from collapsewatch.errors import UserError
 from collapsewatch.trainer import env
 from collapsewatch.trainer import model as model_lib
 from collapsewatch.trainer.batch import collate, completion_logits, grouped_completion_logits, token_logprobs
@@ -214,6 +215,19 @@ def test_train_writes_a_run_and_model_path_reloads_its_checkpoint(tmp_path, tiny
     assert tok.chat_template and len(tok("<tool_call>", add_special_tokens=False)["input_ids"]) == 1
     metrics = grpo_step(_state(tiny_cfg, tok, model=model), 1)
     assert 0.0 <= metrics["success/rate"] <= 1.0
+
+
+def test_eval_tasks_zero_skips_evaluation_and_interleaved_sft_still_runs(tmp_path, tiny_cfg):
+    """What `make demo QUICK=1` relies on: no evaluation passes, interleaved SFT with a small batch."""
+    cfg = tiny_cfg.override(eval_tasks=0, err_sft_every=1, err_sft_batch=3, recipe="interleaved")
+    summary = train(cfg, tmp_path / "runs", progress=False)
+    run = cw.open_run(summary["run_dir"])
+    assert run.status == "finished"
+    steps = run.steps()
+    assert not [c for c in steps.columns if c.startswith("eval/")]
+    assert (steps["sft/erroneous_tasks"] > 0).all()
+    with pytest.raises(UserError, match="err_sft_batch"):
+        tiny_cfg.override(err_sft_batch=0).validate()
 
 
 def test_cli_errors_are_one_line(tmp_path, tiny_cfg):
