@@ -5,7 +5,8 @@ collapsing and the stable recipes, then for each run:
   * `scan` (the same detectors as live): collapse onset (fixed definition), first critical, lead;
   * a scalar-only baseline monitor, as simple peers do: after the same warm-up, alarm when token
     entropy leaves [0.5x, 2x] its warm-up mean, KL exceeds 0.1 nats, or the 5-step mean reward falls
-    below 80% of its running peak;
+    below 80% of its running peak; and the same monitor tightened until no stable run alarms
+    (`baseline_at_zero_false_alarms`), so leads can be compared at equal false alarms;
   * for every statistic (control-token series, structural shares, entropy, KL, ...), the first step
     it moved (>= 3 robust z on two consecutive steps against its own baseline; probabilities must
     also be >= 3x baseline), to find out which statistics really lead over seeds.
@@ -298,7 +299,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="other MonitorConfig overrides, e.g. --set ctrl_page_series=0 (numeric fields)",
+        help="other MonitorConfig overrides, e.g. --set ctrl_page_series=2 --set verdict_requires= (tuples comma-separated)",
     )
     args = ap.parse_args()
     overrides = dict(_parse_setting(kv) for kv in args.set)

@@ -2,9 +2,10 @@
 
 Input: the hook's `ctrl/<token>/<position_type>/<stat>` probabilities. Each series is judged in
 decades (log10 of p + floor) against its own robust EWMA baseline; a hit needs a robust z above the
-threshold, a fold change and a minimum probability, on 2 of the last 3 steps. One series moving is a
-warning; `ctrl_page_series` series moving together at `ctrl_page_fold`x or more is critical on its
-own: on the bundled trainer's collapsing runs that is the earliest reliable sign (docs/detection.md).
+threshold, a fold change and a minimum probability, on 2 of the last 3 steps. A spike is a warning:
+it moves earliest and names the token, but supervised runs that recover show it too
+(docs/detection.md), so the page is left to the verdict. Setting `ctrl_page_series` makes that many
+series moving together at `ctrl_page_fold`x or more critical on its own (earlier, more false alarms).
 """
 
 from __future__ import annotations

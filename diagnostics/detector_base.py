@@ -33,7 +33,7 @@ class MonitorConfig:
     ctrl_min_scale: float = 0.15  # decades: smallest spread a baseline may claim
     # A spike pages on its own (critical) when this many (token, position) series move together, each
     # at least ctrl_page_fold x its baseline: the whole tool-call grammar is shifting, not one token
-    # (0 turns this off; then only the combined verdict pages).
+    # (0, the default, turns this off: on the bundled trainer it paged 6 of 6 supervised runs).
     ctrl_page_series: int = 0
     ctrl_page_fold: float = 10.0
     # structural states
