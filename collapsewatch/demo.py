@@ -36,13 +36,16 @@ class DemoPlan:
 
 # The reproduction's recipes and warm start (docs/reproduction.md): seed 1's `collapse` pages at
 # step 25 and collapses at 31, its `interleaved` twin holds; 40 steps show the hold and the break.
-# 6.5 minutes with the warm start cached (measured), plus ~9 to build it the first time.
+# 5.2 minutes with the warm start cached (measured, quiet machine), plus ~9 to build it the first time.
 FULL = DemoPlan(steps=40, seed=1, sets=("eval_tasks=16", "checkpoint_every=0"))
 # A 200-step warm start, groups of 4, one minibatch per step (so the update shares each group's
 # prompt), the LR reaching 1e-3 at step 20, interleaved SFT on 2 x 16 expert trajectories, no
 # evaluation passes: `collapse`'s format breaks at step 17 and the verdict pages at 16, while
 # `interleaved` stays healthy. 151 s from an empty cache on the quiet 2-core machine (63 s of it the
 # warm start). Its success rate is ~0.05 from the start, so the format break is the story here.
+# Tried and not taken: one interleaved-SFT minibatch of 24 (-14 s, but a noise-level success
+# "onset" on `interleaved`); one of 32 (-5 s); 150 warm-start steps (the format breaks inside the
+# detectors' 15-step warm-up).
 QUICK = DemoPlan(
     steps=24,
     seed=1,
@@ -208,9 +211,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
     console.rule("[bold]3. post-mortem: collapsewatch scan")
     table = Table()
-    for col in ("run", "success onset", "format break", "first critical", "lead", "criticals", "root cause"):
+    for col in ("run", "success onset", "format break", "first critical", "lead", "criticals"):
         table.add_column(col)
     summary = {}
+    notes = []
     for name in RECIPES:
         run_dir = out / f"{name}-s{plan.seed}"
         found = scan(run_dir)
@@ -218,7 +222,10 @@ def run_demo(args: argparse.Namespace) -> int:
         summary[name] = findings
         critical = [a for a in findings["alerts"] if a["severity"] == "critical"]
         cause = findings.get("root_cause") or []
-        cause_txt = f"{cause[0].get('token')} @ {cause[0].get('position_type')}" if cause else "-"
+        if critical:
+            notes.append(f"[bold]{name}[/], step {critical[0]['step']}: {critical[0]['message']}")
+            if cause:
+                notes.append(f"[bold]{name}[/] root cause: {cause[0]['evidence']}")
         table.add_row(
             name,
             str(findings["collapse_onset_step"]),
@@ -226,10 +233,11 @@ def run_demo(args: argparse.Namespace) -> int:
             str(findings["first_critical_step"]),
             str(findings["lead_steps"]),
             str(len(critical)),
-            cause_txt,
         )
         report(run_dir, out / f"{name}-report.html", findings=found)
     console.print(table)
+    for note in notes:
+        console.print(note)
     (out / "scan.json").write_text(json.dumps(summary, indent=1, default=str))
     console.print(
         f"reports: {', '.join(str(out / f'{n}-report.html') for n in RECIPES)}; findings: {out / 'scan.json'}"

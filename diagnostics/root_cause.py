@@ -93,6 +93,6 @@ def _sort_key(entry: dict) -> tuple:
 def _relative(steps_before_onset: int | None) -> str:
     if steps_before_onset is None:
         return ""
-    if steps_before_onset >= 0:
-        return f", {steps_before_onset} steps before onset"
-    return f", {-steps_before_onset} steps after onset"
+    n = abs(steps_before_onset)
+    unit = "step" if n == 1 else "steps"
+    return f", {n} {unit} {'before' if steps_before_onset >= 0 else 'after'} onset"
