@@ -43,6 +43,7 @@ print(failed.name, failed.status, "| control tokens:", ", ".join(failed.control_
 # %%
 findings = scan(failed)
 print(f"collapse onset: step {findings.collapse_onset_step} (on {findings.onset_series})")
+print(f"format break (healthy turns below half their peak): step {findings.format_onset_step}")
 print(f"first critical alert: step {findings.first_critical_step}; lead: {findings.lead_steps} steps")
 alerts = pd.DataFrame([a.to_dict() for a in findings.alerts])
 alerts[["step", "detector", "severity", "message"]].head(10) if len(alerts) else "no alerts"
