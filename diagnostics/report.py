@@ -259,7 +259,7 @@ def report(run_or_path: Any, out_html: str | Path, findings: Findings | None = N
     summary = (
         f"<p>{findings.steps} steps. Collapse onset (5-step mean of {_esc(findings.onset_series or 'success')} below "
         f"half its running peak for 5 steps): <b>{findings.collapse_onset_step}</b>. First critical alert: "
-        f"<b>{findings.first_critical_step}</b>. Lead: <b>{findings.lead_steps}</b> steps. Format break (the same "
+        f"<b>{findings.first_critical_step}</b>. Lead: <b>{findings.lead_steps}</b> {'step' if findings.lead_steps in (1, -1) else 'steps'}. Format break (the same "
         f"rule on the share of healthy turns): <b>{findings.format_onset_step}</b>.</p>"
     )
     rc_rows = "".join(
