@@ -57,7 +57,7 @@ class CombinedVerdict:
             if a.family in agreeing
         ]
         labels = ", ".join(_FAMILY_LABEL[f] for f in agreeing)
-        lead = next((a for a in alerts if a.family == "control"), self.last_control)
+        lead = self.last_control
         hint = ""
         if lead is not None:
             hint = (
