@@ -324,14 +324,11 @@ def main() -> None:
                 findings = scan(path, config=monitor_config)
                 t = step_table(path)
                 base = baseline_alarm(t, args.warmup)
-                tables[path.name] = (kind, t, collapse_onset(t["step"].to_numpy(), success_of(t)[0]))
                 succ, succ_name = success_of(t)
                 onset = collapse_onset(t["step"].to_numpy(), succ)
+                tables[path.name] = (kind, t, onset)
                 # secondary, for runs whose success never got high: the same rule on the healthy-turn share
-                healthy = (
-                    1.0 - t["state/broken_turns"].to_numpy(dtype=float) if "state/broken_turns" in t else None
-                )
-                format_onset = None if healthy is None else collapse_onset(t["step"].to_numpy(), healthy)
+                format_onset = findings.format_onset_step
                 moves = first_moves(t, args.warmup)
                 format_break = moves.get("state/broken_turns", (None, ""))[0]
                 if kind == "collapsing" and onset is not None:

@@ -8,15 +8,7 @@ from collections import deque
 import numpy as np
 
 from collapsewatch.diagnostics.alerts import Alert
-from collapsewatch.diagnostics.baseline import (
-    MAD_TO_SIGMA,
-    KofN,
-    RobustBaseline,
-    RunningPeak,
-    inverse_logit,
-    logit_rate,
-    update_rate,
-)
+from collapsewatch.diagnostics.baseline import KofN, RobustBaseline, RunningPeak, update_rate
 from collapsewatch.diagnostics.detector_base import Detector, MonitorConfig, fmt
 from collapsewatch.diagnostics.features import StepFeatures
 from collapsewatch.diagnostics.onset import SUCCESS_NAMES
@@ -40,9 +32,8 @@ class StructuralShift(Detector):
 
     def __init__(self, config: MonitorConfig):
         super().__init__(config)
-        self.warm: list[float] = []
-        self.center = math.nan
-        self.scale = math.nan
+        # an infinite span freezes the baseline at the warm-up's median and MAD
+        self.base = RobustBaseline(config.warmup, span=math.inf, min_scale=0.3)
         self.cusum = 0.0
 
     def update(self, f: StepFeatures) -> list[Alert]:
@@ -51,17 +42,11 @@ class StructuralShift(Detector):
             return []
         self.seen += 1
         c = self.config
-        x = logit_rate(broken)
-        if len(self.warm) < c.warmup:
-            self.warm.append(x)
-            if len(self.warm) == c.warmup:
-                arr = np.asarray(self.warm)
-                self.center = float(np.median(arr))
-                self.scale = max(MAD_TO_SIGMA * float(np.median(np.abs(arr - self.center))), 0.3)
+        ready = self.base.ready
+        z, base_rate = update_rate(self.base, broken)
+        if not ready:
             return []
-        z = (x - self.center) / self.scale
         self.cusum = max(0.0, self.cusum + z - c.structure_cusum_k)
-        base_rate = inverse_logit(self.center)
         if self.cusum < c.structure_cusum_h or broken - base_rate < c.structure_min_rise:
             return []
         pollution, collapse = f.get("state/text_pollution"), f.get("state/full_collapse")

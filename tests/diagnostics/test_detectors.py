@@ -283,9 +283,10 @@ def test_structural_shift_adds_up_a_slow_ramp():
     # 5% broken turns, then a rise of ~1.5 points a step from step 30: no single step stands out
     # much, but the rise lasts (the bundled trainer's collapsing runs look like this)
     ramp = [0.05] * 30 + [0.05 + 0.015 * k for k in range(1, 31)]
-    fired = [a.step for a in _broken_share_run(ramp) if a.detector == "structural_shift"]
+    alerts = _broken_share_run(ramp)
+    fired = [a.step for a in alerts if a.detector == "structural_shift"]
     assert fired and 36 <= fired[0] <= 48, fired
-    assert "CUSUM" in _broken_share_run(ramp)[0].message
+    assert "CUSUM" in alerts[0].message
 
 
 def test_structural_shift_ignores_a_one_step_burst_and_binomial_noise():

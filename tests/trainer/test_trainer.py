@@ -218,7 +218,8 @@ def test_train_writes_a_run_and_model_path_reloads_its_checkpoint(tmp_path, tiny
 
 
 def test_eval_tasks_zero_skips_evaluation_and_interleaved_sft_still_runs(tmp_path, tiny_cfg):
-    """What `make demo QUICK=1` relies on: no evaluation passes, interleaved SFT with a small batch."""
+    """What `make demo QUICK=1` relies on: no evaluation passes; interleaved SFT still runs with
+    `err_sft_batch` set, and a batch of 0 is refused."""
     cfg = tiny_cfg.override(eval_tasks=0, err_sft_every=1, err_sft_batch=3, recipe="interleaved")
     summary = train(cfg, tmp_path / "runs", progress=False)
     run = cw.open_run(summary["run_dir"])
