@@ -211,7 +211,10 @@ def plot_run(name: str, t: pd.DataFrame, findings, baseline_step, out_dir: Path)
     for col, colour in (("state/text_pollution", "tab:orange"), ("state/full_collapse", "tab:red")):
         if col in t.columns:
             axes[1].plot(steps, t[col], label=col.split("/")[1], color=colour)
-    axes[1].set_ylabel("share of turns")
+    if "groups/broken_mode_frac" in t.columns:
+        axes[1].step(steps, t["groups/broken_mode_frac"], where="mid", color="tab:purple", lw=1,
+                     label="groups all broken (share of groups)")  # fmt: skip
+    axes[1].set_ylabel("share")
     ctrl_cols = [
         c
         for c in t.columns

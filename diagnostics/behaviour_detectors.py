@@ -71,6 +71,46 @@ class StructuralShift(Detector):
         return [a] if a else []
 
 
+class BrokenModeGroups(Detector):
+    """Whole GRPO groups broken: for those prompts the broken format is the policy's mode.
+
+    Random breakage rarely fills a group (at 25% broken rollouts, 8 of 8 by chance is 1.5e-5), so
+    this needs no baseline. It is the same evidence as `structural_shift` seen per prompt, hence the
+    same family; on the bundled trainer it moves earlier when the breakage concentrates on some
+    prompts before it spreads (docs/detection.md).
+    """
+
+    name = "broken_mode_groups"
+    family = "structure"
+
+    def __init__(self, config: MonitorConfig):
+        super().__init__(config)
+        self.persist = KofN(config.persist_k, config.persist_n)
+
+    def update(self, f: StepFeatures) -> list[Alert]:
+        frac, count = f.get("groups/broken_mode_frac"), f.get("groups/broken_mode_count")
+        if math.isnan(frac):
+            return []
+        self.seen += 1
+        c = self.config
+        hit = frac >= c.broken_mode_frac and count >= c.broken_mode_min_groups
+        if not self.persist.update(hit) or not self.warmed_up:
+            return []
+        states = f.rollout_states or []
+        broken_mask = np.array([s is not None and not s.healthy for s in states], dtype=bool)
+        msg = (
+            f"In {int(count)} of {int(f.get('groups/count'))} groups every rollout has a broken turn, on "
+            f"{sum(self.persist.hits)} of the last {len(self.persist.hits)} steps: for those prompts the broken format is "
+            "the policy's mode, and a group that fails as one gets zero advantage, so nothing in the RL loss "
+            f"pushes back. {_SUPERVISE}"
+        )
+        a = self.emit(
+            f, "warning", msg, frac, c.broken_mode_frac, groups=count,
+            rollouts=f.uids(mask=broken_mask) if len(broken_mask) else [],
+        )  # fmt: skip
+        return [a] if a else []
+
+
 class _PeakDrop(Detector):
     """A moving mean falling below a share of its running peak (peak-then-collapse)."""
 

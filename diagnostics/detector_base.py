@@ -43,6 +43,10 @@ class MonitorConfig:
     structure_min_rise: float = 0.15  # absolute rise of the broken-turn share over its warm-up level
     structure_cusum_k: float = 1.0  # robust z a step must exceed to add to the sum (slack)
     structure_cusum_h: float = 8.0  # sum that counts as a shift
+    # structural states per GRPO group: a group whose every rollout is broken (the broken format is
+    # the policy's mode for that prompt); hit when this share of groups, and at least this many, are
+    broken_mode_frac: float = 0.25
+    broken_mode_min_groups: int = 2
     # outcome and behaviour
     peak_window: int = 5  # moving-mean window for peak-then-collapse, steps
     success_drop: float = 0.7  # warn when the moving mean falls below this share of its peak

@@ -96,7 +96,10 @@ FLOAT_COLUMNS = (
     "reward", "success", "num_tool_calls", "num_tool_errors", "group", "rank", "completion_len", "advantage",
     "logprob_sum", "logprob_sum_after", "old_logprob_sum", "control_unexpected_max",
 )  # fmt: skip
-OBJECT_COLUMNS = ("turn_texts", "text", "finish_reason")
+OBJECT_COLUMNS = ("turn_texts", "text", "finish_reason", "source")
+# Groups smaller than this say nothing about the policy's mode: at 25% broken rollouts, 2 of 2 are
+# broken by chance 6% of the time, 4 of 4 only 0.4%.
+MIN_GROUP_FOR_MODE = 4
 
 
 def _to_float(col: pd.Series) -> np.ndarray:
@@ -156,11 +159,52 @@ def _group_stats(
     }
 
 
-def sample_index(n: int, limit: int | None) -> np.ndarray:
-    """Evenly spaced rows (deterministic, so live and scan see the same sample)."""
+def sample_index(n: int, limit: int | None, group: np.ndarray | None = None) -> np.ndarray:
+    """Evenly spaced rows (deterministic, so live and scan see the same sample). With group ids, whole
+    groups are taken (evenly spaced groups), so per-group statistics still see every member."""
     if limit is None or n <= limit:
         return np.arange(n)
+    if group is not None and np.isfinite(group).all():
+        ids, inverse = np.unique(group, return_inverse=True)
+        per_group = n / len(ids)
+        keep_groups = max(1, int(limit // max(per_group, 1.0)))
+        if keep_groups < len(ids):
+            chosen = np.unique(np.linspace(0, len(ids) - 1, keep_groups).round().astype(int))
+            return np.flatnonzero(np.isin(inverse, chosen))
     return np.unique(np.linspace(0, n - 1, limit).round().astype(int))
+
+
+def _broken_groups(
+    group: np.ndarray,
+    rank: np.ndarray | None,
+    source: np.ndarray | None,
+    states: list[StructuralState | None],
+) -> dict[str, float]:
+    """Share of groups in which every sampled rollout is broken (teacher-forced expert rows excluded).
+
+    One broken rollout is a tail sample; a whole group of them means the broken format is the
+    policy's mode for that prompt. Such a group also fails as one, so GRPO gives it zero advantage
+    and nothing in the RL loss pushes back.
+    """
+    keep = np.array([s is not None for s in states], dtype=bool) & np.isfinite(group) & (group >= 0)
+    if source is not None:
+        keep &= np.array([x != "expert" for x in source], dtype=bool)
+    if not keep.any():
+        return {}
+    key = group[keep].astype(np.int64)
+    if rank is not None:
+        key = key + rank[keep].astype(np.int64) * (1 << 32)
+    broken = np.array([s in _BROKEN for s, k in zip(states, keep, strict=True) if k], dtype=float)
+    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    big = counts >= MIN_GROUP_FOR_MODE
+    if not big.any():
+        return {}
+    all_broken = (np.bincount(inverse, weights=broken) == counts)[big]
+    return {
+        "groups/broken_mode_frac": float(all_broken.mean()),
+        "groups/broken_mode_count": float(all_broken.sum()),
+        "groups/count": float(big.sum()),
+    }
 
 
 def derive_sequence_stats(
@@ -195,7 +239,8 @@ def derive_sequence_stats(
         if errors is not None and np.nansum(calls) > 0:
             out["seq/tool_error_rate"] = float(np.nansum(errors) / max(np.nansum(calls), 1.0))
 
-    picked = sample_index(n, max_classified)
+    group = seqs.get("group")
+    picked = sample_index(n, max_classified, group)
     turns = seqs.get("turn_texts")
     if turns is None and "text" in seqs:
         turns = [[t] for t in seqs["text"]]
@@ -216,11 +261,12 @@ def derive_sequence_stats(
         )
         out["state/broken_rollouts"] = sum(x.state in _BROKEN for x in summaries) / max(len(summaries), 1)
 
-    group = seqs.get("group")
+    rank = seqs.get("rank")
+    rank = rank if rank is not None and np.isfinite(rank).all() else None
     if reward is not None and group is not None:
-        rank = seqs.get("rank")
-        rank = rank if rank is not None and np.isfinite(rank).all() else None
         out.update(_group_stats(group, rank, reward, success))
+    if states is not None and group is not None:
+        out.update(_broken_groups(group, rank, seqs.get("source"), states))
 
     length = seqs.get("completion_len")
     if length is not None and np.isfinite(length).any():

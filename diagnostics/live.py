@@ -16,6 +16,7 @@ import pandas as pd
 
 from collapsewatch.diagnostics.alerts import SEVERITY_RANK, Alert
 from collapsewatch.diagnostics.behaviour_detectors import (
+    BrokenModeGroups,
     LengthCollapse,
     StructuralShift,
     SuccessCollapse,
@@ -51,6 +52,7 @@ def build_detectors(config: MonitorConfig, control_tokens: list[str] | None = No
     return [
         ControlTokenSpike(config, control_tokens),
         StructuralShift(config),
+        BrokenModeGroups(config),
         SuccessCollapse(config),
         ToolCallRateCollapse(config),
         EntropyCollapse(config),

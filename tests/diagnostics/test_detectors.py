@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from collapsewatch.diagnostics.behaviour_detectors import (
+    BrokenModeGroups,
     LengthCollapse,
     StructuralShift,
     SuccessCollapse,
@@ -17,7 +18,7 @@ from collapsewatch.diagnostics.behaviour_detectors import (
 )
 from collapsewatch.diagnostics.control_spike import ControlTokenSpike
 from collapsewatch.diagnostics.detector_base import MonitorConfig
-from collapsewatch.diagnostics.features import step_features
+from collapsewatch.diagnostics.features import sample_index, step_features
 from collapsewatch.diagnostics.training_detectors import (
     ClipSaturation,
     EntropyCollapse,
@@ -62,6 +63,18 @@ def ctrl_step(rng, bad):
 def structure_step(rng, bad):
     broken = rng.random(N) < (0.5 if bad else 0.03)
     turns = [["<tool_call><|im_end|>"] if b else [CALL, "alice has 40."] for b in broken]
+    return {}, seqs_frame(rng, turn_texts=turns)
+
+
+BROKEN_TURN = ["<tool_call><|im_end|>"]
+
+
+def broken_mode_step(rng, bad):
+    """3% of rollouts broken at random; when bad, also every rollout of 3 of the 8 groups."""
+    broken = rng.random(N) < 0.03
+    if bad:
+        broken[:12] = True
+    turns = [BROKEN_TURN if b else [CALL, "alice has 40."] for b in broken]
     return {}, seqs_frame(rng, turn_texts=turns)
 
 
@@ -137,6 +150,7 @@ def mismatch_step(rng, bad):
 DETECTORS = [
     (ControlTokenSpike, ctrl_step, "control_spike"),
     (StructuralShift, structure_step, "structural_shift"),
+    (BrokenModeGroups, broken_mode_step, "broken_mode_groups"),
     (SuccessCollapse, success_step, "success_collapse"),
     (ToolCallRateCollapse, tool_rate_step, "tool_call_rate"),
     (EntropyCollapse, entropy_low_step, "entropy_collapse"),
@@ -316,3 +330,39 @@ def test_verdict_pages_only_when_the_format_itself_breaks():
     assert set(page[0].evidence["families"]) == {"control", "outcome", "structure", "optimization"}
     loose = CombinedVerdict(MonitorConfig(verdict_requires=()))
     assert loose.update(30, [warn(30, "control"), warn(30, "outcome")], families)
+
+
+def test_broken_mode_groups_needs_whole_groups_not_the_same_share_scattered():
+    """12 of 32 rollouts broken in 3 whole groups fires; the same 12 spread over all 8 groups does not."""
+    det = BrokenModeGroups(CONFIG)
+    rng = np.random.default_rng(0)
+    alerts = []
+    for step in range(40):
+        broken = np.zeros(N, dtype=bool)
+        broken[rng.choice(N, 12, replace=False) if step < 30 else slice(0, 12)] = True
+        turns = [BROKEN_TURN if b else [CALL, "alice has 40."] for b in broken]
+        alerts += det.update(step_features(step, {}, seqs_frame(rng, turn_texts=turns)))
+    assert [a.step for a in alerts][:1] == [31]  # steps 30 and 31: 2 of 3
+    assert "3 of 8 groups" in alerts[0].message
+
+
+def test_broken_mode_groups_ignores_teacher_forced_expert_rows():
+    """An expert row (teacher-forced, healthy) does not make a broken group look healthy."""
+    group = np.arange(N) // 8
+    source = np.where(np.arange(N) % 8 == 0, "expert", "policy")
+    broken = (group < 2) & (source == "policy")
+    turns = [BROKEN_TURN if b else [CALL, "alice has 40."] for b in broken]
+    f = step_features(
+        1, {}, seqs_frame(np.random.default_rng(0), group=group, source=source, turn_texts=turns)
+    )
+    assert f.get("groups/broken_mode_count") == 2
+    assert f.get("groups/broken_mode_frac") == 0.5
+
+
+def test_classified_sample_keeps_whole_groups():
+    group = np.repeat(np.arange(64), 8).astype(float)  # 512 rollouts in groups of 8
+    picked = sample_index(len(group), 128, group)
+    assert len(picked) == 128
+    _, counts = np.unique(group[picked], return_counts=True)
+    assert set(counts) == {8}
+    assert len(sample_index(len(group), 128)) == 128
