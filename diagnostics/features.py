@@ -97,6 +97,10 @@ FLOAT_COLUMNS = (
     "logprob_sum", "logprob_sum_after", "old_logprob_sum", "control_unexpected_max",
 )  # fmt: skip
 OBJECT_COLUMNS = ("turn_texts", "text", "finish_reason", "source")
+# Rollouts not sampled by the policy from the prompt it is trained on: teacher-forced expert
+# trajectories, and hinted rollouts (sampled from a prompt with a hint). Structural statistics leave
+# them out; they describe the supervision, not the policy.
+NOT_POLICY_SAMPLES = ("expert", "hint")
 # Groups smaller than this say nothing about the policy's mode: at 25% broken rollouts, 2 of 2 are
 # broken by chance 6% of the time, 4 of 4 only 0.4%.
 MIN_GROUP_FOR_MODE = 4
@@ -174,21 +178,28 @@ def sample_index(n: int, limit: int | None, group: np.ndarray | None = None) -> 
     return np.unique(np.linspace(0, n - 1, limit).round().astype(int))
 
 
+def _policy_samples(source: np.ndarray | None, n: int) -> np.ndarray:
+    """Mask of the rows the policy sampled from its own prompt (all rows when no source is given)."""
+    if source is None:
+        return np.ones(n, dtype=bool)
+    return np.array([x not in NOT_POLICY_SAMPLES for x in source], dtype=bool)
+
+
 def _broken_groups(
     group: np.ndarray,
     rank: np.ndarray | None,
     source: np.ndarray | None,
     states: list[StructuralState | None],
 ) -> dict[str, float]:
-    """Share of groups in which every sampled rollout is broken (teacher-forced expert rows excluded).
+    """Share of groups in which every rollout the policy sampled is broken (expert and hinted rows
+    left out).
 
     One broken rollout is a tail sample; a whole group of them means the broken format is the
     policy's mode for that prompt. Such a group also fails as one, so GRPO gives it zero advantage
     and nothing in the RL loss pushes back.
     """
     keep = np.array([s is not None for s in states], dtype=bool) & np.isfinite(group) & (group >= 0)
-    if source is not None:
-        keep &= np.array([x != "expert" for x in source], dtype=bool)
+    keep &= _policy_samples(source, len(states))
     if not keep.any():
         return {}
     key = group[keep].astype(np.int64)
@@ -249,6 +260,9 @@ def derive_sequence_stats(
         states = [None] * n
         for i, summary in zip(picked, summaries, strict=True):
             states[i] = summary.state
+        own = _policy_samples(seqs.get("source"), n)[picked]
+        if own.any():
+            summaries = [x for x, keep in zip(summaries, own, strict=True) if keep]
         counts = dict.fromkeys(STRUCTURAL_STATES, 0)
         for summary in summaries:
             for k, v in summary.counts.items():

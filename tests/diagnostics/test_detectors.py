@@ -346,17 +346,20 @@ def test_broken_mode_groups_needs_whole_groups_not_the_same_share_scattered():
     assert "3 of 8 groups" in alerts[0].message
 
 
-def test_broken_mode_groups_ignores_teacher_forced_expert_rows():
-    """An expert row (teacher-forced, healthy) does not make a broken group look healthy."""
+def test_structure_statistics_describe_the_policys_own_samples():
+    """A teacher-forced expert row (healthy) does not make a broken group look healthy, and hinted
+    rollouts (sampled from another prompt, broken here) do not count as the policy's breakage."""
     group = np.arange(N) // 8
-    source = np.where(np.arange(N) % 8 == 0, "expert", "policy")
-    broken = (group < 2) & (source == "policy")
+    slot = np.arange(N) % 8
+    source = np.select([slot == 0, slot == 1], ["expert", "hint"], "policy")
+    broken = ((group < 3) & (source == "policy")) | (source == "hint")
     turns = [BROKEN_TURN if b else [CALL, "alice has 40."] for b in broken]
     f = step_features(
         1, {}, seqs_frame(np.random.default_rng(0), group=group, source=source, turn_texts=turns)
     )
-    assert f.get("groups/broken_mode_count") == 2
-    assert f.get("groups/broken_mode_frac") == 0.5
+    assert f.get("groups/broken_mode_count") == 3
+    assert f.get("groups/broken_mode_frac") == 0.75
+    assert f.get("state/broken_rollouts") == 0.75  # 18 of the 24 policy rows (22 of all 32)
 
 
 def test_classified_sample_keeps_whole_groups():
