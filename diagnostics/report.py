@@ -65,7 +65,10 @@ def _fig_outcome(findings: Findings):
         cols=1,
         shared_xaxes=True,
         vertical_spacing=0.08,
-        subplot_titles=("task success / reward", "structural states (share of turns)"),
+        subplot_titles=(
+            "task success / reward",
+            "structural states (share of turns; dotted: groups entirely broken)",
+        ),
     )
     for name in ("success/rate", "seq/success_rate", "reward/mean"):
         if name in t.columns and np.isfinite(pd.to_numeric(t[name], errors="coerce")).any():
@@ -78,6 +81,15 @@ def _fig_outcome(findings: Findings):
                 row=2,
                 col=1,
             )
+    mode = "groups/broken_mode_frac"
+    if mode in t.columns and np.isfinite(pd.to_numeric(t[mode], errors="coerce")).any():
+        fig.add_trace(
+            go.Scatter(
+                x=t["step"], y=t[mode], name="groups entirely broken", line=dict(color="black", dash="dot")
+            ),
+            row=2,
+            col=1,
+        )
     _vlines(fig, findings)
     fig.update_layout(height=560, margin=dict(l=40, r=20, t=40, b=30))
     return fig

@@ -37,6 +37,7 @@ STATE_NAMES = (
     "state/text_pollution",
     "state/full_collapse",
 )
+TIMELINE_EXTRAS = ("groups/broken_mode_frac", "entropy/mean", "tokens/entropy_mean", "kl/mean")
 
 
 @dataclass
@@ -148,7 +149,7 @@ def replay(
             f = monitor.last_features
             row = {"step": step, "confidence": monitor.confidence}
             if f is not None:
-                for n in SUCCESS_NAMES + STATE_NAMES + ("entropy/mean", "tokens/entropy_mean", "kl/mean"):
+                for n in SUCCESS_NAMES + STATE_NAMES + TIMELINE_EXTRAS:
                     row[n] = f.get(n)
             rows.append(row)
             if bar is not None:
