@@ -10,7 +10,7 @@ import numpy as np
 from collapsewatch.diagnostics.alerts import Alert
 from collapsewatch.diagnostics.baseline import KofN, RobustBaseline, RunningPeak, update_rate
 from collapsewatch.diagnostics.detector_base import Detector, MonitorConfig, fmt
-from collapsewatch.diagnostics.features import StepFeatures
+from collapsewatch.diagnostics.features import StepFeatures, broken_mode_groups, sequence_arrays
 from collapsewatch.diagnostics.onset import SUCCESS_NAMES
 
 _SUPERVISE = (
@@ -96,19 +96,23 @@ class BrokenModeGroups(Detector):
         hit = frac >= c.broken_mode_frac and count >= c.broken_mode_min_groups
         if not self.persist.update(hit) or not self.warmed_up:
             return []
-        states = f.rollout_states or []
-        broken_mask = np.array([s is not None and not s.healthy for s in states], dtype=bool)
         msg = (
             f"In {int(count)} of {int(f.get('groups/count'))} groups every rollout has a broken turn, on "
             f"{sum(self.persist.hits)} of the last {len(self.persist.hits)} steps: for those prompts the broken format is "
             "the policy's mode, and a group that fails as one gets zero advantage, so nothing in the RL loss "
             f"pushes back. {_SUPERVISE}"
         )
-        a = self.emit(
-            f, "warning", msg, frac, c.broken_mode_frac, groups=count,
-            rollouts=f.uids(mask=broken_mask) if len(broken_mask) else [],
-        )  # fmt: skip
+        a = self.emit(f, "warning", msg, frac, c.broken_mode_frac, groups=count, rollouts=self._evidence(f))
         return [a] if a else []
+
+    @staticmethod
+    def _evidence(f: StepFeatures) -> list:
+        """Rollouts from the entirely broken groups."""
+        if f.sequences is None or f.rollout_states is None or "group" not in f.sequences.columns:
+            return []
+        cols = sequence_arrays(f.sequences)
+        _, rows = broken_mode_groups(cols["group"], cols.get("rank"), cols.get("source"), f.rollout_states)
+        return f.uids(mask=rows)
 
 
 class _PeakDrop(Detector):

@@ -185,23 +185,26 @@ def _policy_samples(source: np.ndarray | None, n: int) -> np.ndarray:
     return np.array([x not in NOT_POLICY_SAMPLES for x in source], dtype=bool)
 
 
-def _broken_groups(
+def broken_mode_groups(
     group: np.ndarray,
     rank: np.ndarray | None,
     source: np.ndarray | None,
     states: list[StructuralState | None],
-) -> dict[str, float]:
-    """Share of groups in which every rollout the policy sampled is broken (expert and hinted rows
-    left out).
+) -> tuple[dict[str, float], np.ndarray]:
+    """Groups in which every rollout the policy sampled is broken (expert and hinted rows left out):
+    their share and count, and the mask of the rows in them (the evidence an alert points to).
 
     One broken rollout is a tail sample; a whole group of them means the broken format is the
     policy's mode for that prompt. Such a group also fails as one, so GRPO gives it zero advantage
     and nothing in the RL loss pushes back.
     """
+    rows = np.zeros(len(states), dtype=bool)
+    if rank is not None and not np.isfinite(rank).all():
+        rank = None
     keep = np.array([s is not None for s in states], dtype=bool) & np.isfinite(group) & (group >= 0)
     keep &= _policy_samples(source, len(states))
     if not keep.any():
-        return {}
+        return {}, rows
     key = group[keep].astype(np.int64)
     if rank is not None:
         key = key + rank[keep].astype(np.int64) * (1 << 32)
@@ -209,13 +212,15 @@ def _broken_groups(
     _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
     big = counts >= MIN_GROUP_FOR_MODE
     if not big.any():
-        return {}
-    all_broken = (np.bincount(inverse, weights=broken) == counts)[big]
-    return {
-        "groups/broken_mode_frac": float(all_broken.mean()),
-        "groups/broken_mode_count": float(all_broken.sum()),
+        return {}, rows
+    full = (np.bincount(inverse, weights=broken) == counts) & big
+    rows[np.flatnonzero(keep)[full[inverse]]] = True
+    stats = {
+        "groups/broken_mode_frac": float(full[big].mean()),
+        "groups/broken_mode_count": float(full.sum()),
         "groups/count": float(big.sum()),
     }
+    return stats, rows
 
 
 def derive_sequence_stats(
@@ -280,7 +285,7 @@ def derive_sequence_stats(
     if reward is not None and group is not None:
         out.update(_group_stats(group, rank, reward, success))
     if states is not None and group is not None:
-        out.update(_broken_groups(group, rank, seqs.get("source"), states))
+        out.update(broken_mode_groups(group, rank, seqs.get("source"), states)[0])
 
     length = seqs.get("completion_len")
     if length is not None and np.isfinite(length).any():

@@ -333,17 +333,23 @@ def test_verdict_pages_only_when_the_format_itself_breaks():
 
 
 def test_broken_mode_groups_needs_whole_groups_not_the_same_share_scattered():
-    """12 of 32 rollouts broken in 3 whole groups fires; the same 12 spread over all 8 groups does not."""
+    """12 of 32 rollouts broken in 3 whole groups fires; the same 12 spread over all 8 groups does not.
+    The alert points to rollouts of the broken groups, not to stray broken rollouts elsewhere."""
     det = BrokenModeGroups(CONFIG)
     rng = np.random.default_rng(0)
     alerts = []
     for step in range(40):
         broken = np.zeros(N, dtype=bool)
-        broken[rng.choice(N, 12, replace=False) if step < 30 else slice(0, 12)] = True
+        if step < 30:
+            broken[rng.choice(N, 12, replace=False)] = True
+        else:
+            broken[[0, 5]] = True  # stray broken rollouts in groups 0 and 1
+            broken[20:] = True  # groups 5, 6, 7 entirely
         turns = [BROKEN_TURN if b else [CALL, "alice has 40."] for b in broken]
         alerts += det.update(step_features(step, {}, seqs_frame(rng, turn_texts=turns)))
     assert [a.step for a in alerts][:1] == [31]  # steps 30 and 31: 2 of 3
     assert "3 of 8 groups" in alerts[0].message
+    assert alerts[0].evidence["rollouts"] and all(int(u[1:]) >= 20 for u in alerts[0].evidence["rollouts"])
 
 
 def test_structure_statistics_describe_the_policys_own_samples():
