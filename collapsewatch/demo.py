@@ -156,6 +156,11 @@ def _train_all(out: Path, plan: DemoPlan, env: dict[str, str]) -> dict[str, int]
     return {name: p.returncode for name, p in procs.items()}
 
 
+def _lap(phases: dict[str, float], started: float, name: str) -> None:
+    """Record the time since the last recorded phase ended."""
+    phases[name] = time.time() - started - sum(phases.values())
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -182,7 +187,7 @@ def run_demo(args: argparse.Namespace) -> int:
     phases: dict[str, float] = {}
     console.rule("[bold]1. warm start (SFT on expert trajectories, cached)")
     _warm_start(plan)
-    phases["warm start"] = time.time() - started
+    _lap(phases, started, "warm start")
 
     dashboard = None
     if not args.no_dashboard:
@@ -204,7 +209,7 @@ def run_demo(args: argparse.Namespace) -> int:
         if dashboard is not None:
             dashboard.terminate()
             dashboard.wait(timeout=10)
-    phases["training"] = time.time() - started - sum(phases.values())
+    _lap(phases, started, "training")
     failed = [n for n, c in codes.items() if c != 0]
     if failed:
         raise UserError(f"training failed for {', '.join(failed)}: see {out}/<recipe>.log")
@@ -242,7 +247,7 @@ def run_demo(args: argparse.Namespace) -> int:
     console.print(
         f"reports: {', '.join(str(out / f'{n}-report.html') for n in RECIPES)}; findings: {out / 'scan.json'}"
     )
-    phases["scan + reports"] = time.time() - started - sum(phases.values())
+    _lap(phases, started, "scan + reports")
     timing = ", ".join(f"{name} {secs:.0f} s" for name, secs in phases.items())
     console.print(f"browse later: [bold]collapsewatch dashboard {out}[/]")
     console.print(f"took {time.time() - started:.0f} s ({timing})")

@@ -10,7 +10,13 @@ import numpy as np
 from collapsewatch.diagnostics.alerts import Alert
 from collapsewatch.diagnostics.baseline import KofN, RobustBaseline, RunningPeak, update_rate
 from collapsewatch.diagnostics.detector_base import Detector, MonitorConfig, fmt
-from collapsewatch.diagnostics.features import StepFeatures, broken_mode_groups, sequence_arrays
+from collapsewatch.diagnostics.features import (
+    StepFeatures,
+    broken_mode_groups,
+    group_keys,
+    policy_samples,
+    sequence_arrays,
+)
 from collapsewatch.diagnostics.onset import SUCCESS_NAMES
 
 _SUPERVISE = (
@@ -111,8 +117,9 @@ class BrokenModeGroups(Detector):
         if f.sequences is None or f.rollout_states is None or "group" not in f.sequences.columns:
             return []
         cols = sequence_arrays(f.sequences)
-        _, rows = broken_mode_groups(cols["group"], cols.get("rank"), cols.get("source"), f.rollout_states)
-        return f.uids(mask=rows)
+        keys = group_keys(cols["group"], cols.get("rank"))
+        own = policy_samples(cols.get("source"), len(keys))
+        return f.uids(mask=broken_mode_groups(keys, own, f.rollout_states)[1])
 
 
 class _PeakDrop(Detector):

@@ -96,6 +96,11 @@ def fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
+def step_word(n: int | None) -> str:
+    """'step' for one (or minus one), else 'steps'."""
+    return "step" if n in (1, -1) else "steps"
+
+
 class Detector:
     """A streaming detector: `update(features)` once per step, returns the alerts for that step.
 

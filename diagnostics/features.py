@@ -126,17 +126,30 @@ def sequence_arrays(seqs: pd.DataFrame) -> dict[str, np.ndarray]:
     return out
 
 
-def _group_stats(
-    group: np.ndarray, rank: np.ndarray | None, reward: np.ndarray, success: np.ndarray | None
-) -> dict[str, float]:
+def group_keys(group: np.ndarray, rank: np.ndarray | None) -> np.ndarray:
+    """One id per (rank, group): group 0 of rank 1 is another prompt than group 0 of rank 0.
+    -1 where the group is unknown; ranks are ignored unless every row has one."""
+    known = np.isfinite(group) & (group >= 0)
+    key = np.where(known, group, 0).astype(np.int64)
+    if rank is not None and np.isfinite(rank).all():
+        key = key + rank.astype(np.int64) * (1 << 32)
+    return np.where(known, key, -1)
+
+
+def policy_samples(source: np.ndarray | None, n: int) -> np.ndarray:
+    """Mask of the rows the policy sampled from its own prompt (all rows when no source is given)."""
+    if source is None:
+        return np.ones(n, dtype=bool)
+    return np.array([x not in NOT_POLICY_SAMPLES for x in source], dtype=bool)
+
+
+def _group_stats(keys: np.ndarray, reward: np.ndarray, success: np.ndarray | None) -> dict[str, float]:
     """Share of GRPO groups (size > 1) whose rewards are all equal, split into all-correct and
     all-wrong (by the success flag when known, else by the step's reward range, else by sign)."""
-    ok = np.isfinite(group) & (group >= 0) & np.isfinite(reward)
+    ok = (keys >= 0) & np.isfinite(reward)
     if not ok.any():
         return {}
-    key = group[ok].astype(np.int64)
-    if rank is not None:
-        key = key + rank[ok].astype(np.int64) * (1 << 32)
+    key = keys[ok]
     r = reward[ok]
     order = np.argsort(key, kind="stable")
     _, start, counts = np.unique(key[order], return_index=True, return_counts=True)
@@ -163,13 +176,14 @@ def _group_stats(
     }
 
 
-def sample_index(n: int, limit: int | None, group: np.ndarray | None = None) -> np.ndarray:
-    """Evenly spaced rows (deterministic, so live and scan see the same sample). With group ids, whole
-    groups are taken (evenly spaced groups), so per-group statistics still see every member."""
+def sample_index(n: int, limit: int | None, keys: np.ndarray | None = None) -> np.ndarray:
+    """Evenly spaced rows (deterministic, so live and scan see the same sample). With group keys
+    (`group_keys`), whole groups are taken (evenly spaced groups), so per-group statistics still see
+    every member."""
     if limit is None or n <= limit:
         return np.arange(n)
-    if group is not None and np.isfinite(group).all():
-        ids, inverse = np.unique(group, return_inverse=True)
+    if keys is not None and (keys >= 0).all():
+        ids, inverse = np.unique(keys, return_inverse=True)
         per_group = n / len(ids)
         keep_groups = max(1, int(limit // max(per_group, 1.0)))
         if keep_groups < len(ids):
@@ -178,18 +192,8 @@ def sample_index(n: int, limit: int | None, group: np.ndarray | None = None) -> 
     return np.unique(np.linspace(0, n - 1, limit).round().astype(int))
 
 
-def _policy_samples(source: np.ndarray | None, n: int) -> np.ndarray:
-    """Mask of the rows the policy sampled from its own prompt (all rows when no source is given)."""
-    if source is None:
-        return np.ones(n, dtype=bool)
-    return np.array([x not in NOT_POLICY_SAMPLES for x in source], dtype=bool)
-
-
 def broken_mode_groups(
-    group: np.ndarray,
-    rank: np.ndarray | None,
-    source: np.ndarray | None,
-    states: list[StructuralState | None],
+    keys: np.ndarray, own: np.ndarray, states: list[StructuralState | None]
 ) -> tuple[dict[str, float], np.ndarray]:
     """Groups in which every rollout the policy sampled is broken (expert and hinted rows left out):
     their share and count, and the mask of the rows in them (the evidence an alert points to).
@@ -199,15 +203,10 @@ def broken_mode_groups(
     and nothing in the RL loss pushes back.
     """
     rows = np.zeros(len(states), dtype=bool)
-    if rank is not None and not np.isfinite(rank).all():
-        rank = None
-    keep = np.array([s is not None for s in states], dtype=bool) & np.isfinite(group) & (group >= 0)
-    keep &= _policy_samples(source, len(states))
+    keep = np.array([s is not None for s in states], dtype=bool) & (keys >= 0) & own
     if not keep.any():
         return {}, rows
-    key = group[keep].astype(np.int64)
-    if rank is not None:
-        key = key + rank[keep].astype(np.int64) * (1 << 32)
+    key = keys[keep]
     broken = np.array([s in _BROKEN for s, k in zip(states, keep, strict=True) if k], dtype=float)
     _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
     big = counts >= MIN_GROUP_FOR_MODE
@@ -256,7 +255,9 @@ def derive_sequence_stats(
             out["seq/tool_error_rate"] = float(np.nansum(errors) / max(np.nansum(calls), 1.0))
 
     group = seqs.get("group")
-    picked = sample_index(n, max_classified, group)
+    keys = None if group is None else group_keys(group, seqs.get("rank"))
+    own = policy_samples(seqs.get("source"), n)
+    picked = sample_index(n, max_classified, keys)
     turns = seqs.get("turn_texts")
     if turns is None and "text" in seqs:
         turns = [[t] for t in seqs["text"]]
@@ -265,9 +266,8 @@ def derive_sequence_stats(
         states = [None] * n
         for i, summary in zip(picked, summaries, strict=True):
             states[i] = summary.state
-        own = _policy_samples(seqs.get("source"), n)[picked]
-        if own.any():
-            summaries = [x for x, keep in zip(summaries, own, strict=True) if keep]
+        if own[picked].any():
+            summaries = [x for x, keep in zip(summaries, own[picked], strict=True) if keep]
         counts = dict.fromkeys(STRUCTURAL_STATES, 0)
         for summary in summaries:
             for k, v in summary.counts.items():
@@ -280,12 +280,10 @@ def derive_sequence_stats(
         )
         out["state/broken_rollouts"] = sum(x.state in _BROKEN for x in summaries) / max(len(summaries), 1)
 
-    rank = seqs.get("rank")
-    rank = rank if rank is not None and np.isfinite(rank).all() else None
-    if reward is not None and group is not None:
-        out.update(_group_stats(group, rank, reward, success))
-    if states is not None and group is not None:
-        out.update(broken_mode_groups(group, rank, seqs.get("source"), states)[0])
+    if reward is not None and keys is not None:
+        out.update(_group_stats(keys, reward, success))
+    if states is not None and keys is not None:
+        out.update(broken_mode_groups(keys, own, states)[0])
 
     length = seqs.get("completion_len")
     if length is not None and np.isfinite(length).any():

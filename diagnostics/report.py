@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from collapsewatch.diagnostics.detector_base import step_word
 from collapsewatch.diagnostics.features import parse_control_stat
 from collapsewatch.diagnostics.scan import Findings, open_any_run, per_step_scalars, scan
 from collapsewatch.diagnostics.structure import summarize_rollout
@@ -55,6 +56,10 @@ def _vlines(fig, findings: Findings) -> None:
         )
 
 
+def _has_values(t: pd.DataFrame, name: str) -> bool:
+    return name in t.columns and bool(np.isfinite(pd.to_numeric(t[name], errors="coerce")).any())
+
+
 def _fig_outcome(findings: Findings):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -71,18 +76,18 @@ def _fig_outcome(findings: Findings):
         ),
     )
     for name in ("success/rate", "seq/success_rate", "reward/mean"):
-        if name in t.columns and np.isfinite(pd.to_numeric(t[name], errors="coerce")).any():
+        if _has_values(t, name):
             fig.add_trace(go.Scatter(x=t["step"], y=t[name], name=name, mode="lines"), row=1, col=1)
     for state, colour in _STATE_COLOUR.items():
         col = f"state/{state}"
-        if col in t.columns and np.isfinite(pd.to_numeric(t[col], errors="coerce")).any():
+        if _has_values(t, col):
             fig.add_trace(
                 go.Scatter(x=t["step"], y=t[col], name=state, stackgroup="states", line_color=colour),
                 row=2,
                 col=1,
             )
     mode = "groups/broken_mode_frac"
-    if mode in t.columns and np.isfinite(pd.to_numeric(t[mode], errors="coerce")).any():
+    if _has_values(t, mode):
         fig.add_trace(
             go.Scatter(
                 x=t["step"], y=t[mode], name="groups entirely broken", line=dict(color="black", dash="dot")
@@ -271,7 +276,7 @@ def report(run_or_path: Any, out_html: str | Path, findings: Findings | None = N
     summary = (
         f"<p>{findings.steps} steps. Collapse onset (5-step mean of {_esc(findings.onset_series or 'success')} below "
         f"half its running peak for 5 steps): <b>{findings.collapse_onset_step}</b>. First critical alert: "
-        f"<b>{findings.first_critical_step}</b>. Lead: <b>{findings.lead_steps}</b> {'step' if findings.lead_steps in (1, -1) else 'steps'}. Format break (the same "
+        f"<b>{findings.first_critical_step}</b>. Lead: <b>{findings.lead_steps}</b> {step_word(findings.lead_steps)}. Format break (the same "
         f"rule on the share of healthy turns): <b>{findings.format_onset_step}</b>.</p>"
     )
     rc_rows = "".join(

@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping
 
 from collapsewatch.diagnostics.baseline import RobustBaseline, log10_prob
+from collapsewatch.diagnostics.detector_base import step_word
 from collapsewatch.diagnostics.features import parse_control_stat
 
 RANKED_STATS = ("mean", "p99", "unexpected_mean", "unexpected_max", "max")
@@ -94,5 +95,4 @@ def _relative(steps_before_onset: int | None) -> str:
     if steps_before_onset is None:
         return ""
     n = abs(steps_before_onset)
-    unit = "step" if n == 1 else "steps"
-    return f", {n} {unit} {'before' if steps_before_onset >= 0 else 'after'} onset"
+    return f", {n} {step_word(n)} {'before' if steps_before_onset >= 0 else 'after'} onset"

@@ -5,6 +5,7 @@ import pandas as pd
 
 from collapsewatch.diagnostics.features import (
     derive_sequence_stats,
+    group_keys,
     repeated_ngram_coverage,
     sample_index,
     step_features,
@@ -62,3 +63,14 @@ def test_canonical_scalars_win_over_derived_and_bad_cells_become_nan():
     assert f.first("success/rate", "seq/success_rate") == 0.9
     assert f.get("seq/success_rate") == 0.5
     assert np.isnan(f.get("loss"))
+
+
+def test_classified_sample_takes_whole_groups_per_rank():
+    """Group ids repeat across ranks; the sample takes whole (rank, group) groups and keeps its size."""
+    group = np.tile(np.repeat(np.arange(32), 8), 2).astype(float)  # 2 ranks x 32 groups of 8
+    rank = np.repeat([0.0, 1.0], 256)
+    keys = group_keys(group, rank)
+    picked = sample_index(len(keys), 128, keys)
+    assert len(picked) == 128
+    _, counts = np.unique(keys[picked], return_counts=True)
+    assert set(counts) == {8}
