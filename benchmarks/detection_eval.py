@@ -276,6 +276,42 @@ def plot_leads(leads: dict[str, list[int]], out_dir: Path, top: int = 20) -> str
     return str(path)
 
 
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> list[float] | None:
+    """95% interval for a rate from few runs: a point estimate over 7 runs says little on its own."""
+    if n == 0:
+        return None
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(max(0.0, centre - half), 3), round(min(1.0, centre + half), 3)]
+
+
+def median_interval(values: list[float], draws: int = 5000, seed: int = 0) -> list[float] | None:
+    """Percentile-bootstrap 95% interval of a median (fixed seed, so reruns print the same)."""
+    if len(values) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(np.asarray(values, dtype=float), size=(draws, len(values)), replace=True)
+    lo, hi = np.percentile(np.median(sample, axis=1), [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def _paired_difference(collapsed: list[dict]) -> dict | None:
+    diffs = [
+        r["lead"] - r["baseline_lead"]
+        for r in collapsed
+        if r["lead"] is not None and r["baseline_lead"] is not None
+    ]
+    if not diffs:
+        return None
+    return {
+        "median": float(np.median(diffs)),
+        "ci95": median_interval(diffs),
+        "runs_ahead": sum(d > 0 for d in diffs),
+        "runs": len(diffs),
+    }
+
+
 def _parse_setting(pair: str) -> tuple[str, object]:
     """`KEY=VALUE` for a MonitorConfig field, parsed by the field's type (tuples: comma-separated)."""
     key, _, raw = pair.partition("=")
@@ -410,6 +446,17 @@ def main() -> None:
         "median_lead_steps": float(np.median(lead_vals)) if lead_vals else None,
         "stable_runs": len(stable),
         "stable_runs_with_critical": sum(1 for r in stable if r["first_critical"] is not None),
+        # how much the figures above can be trusted, given how few runs there are
+        "ci95": {
+            "detected_by_onset_fraction": wilson_interval(len(detected), len(collapsed)),
+            "median_lead_steps": median_interval(lead_vals),
+            "stable_run_critical_rate": wilson_interval(
+                sum(1 for r in stable if r["first_critical"] is not None), len(stable)
+            ),
+            "baseline_median_lead_steps": median_interval(base_vals),
+        },
+        # per run, our lead minus the baseline's (both alarms present): > 0 where we warn earlier
+        "lead_minus_baseline": _paired_difference(collapsed),
         "stable_runs_that_collapsed": sum(1 for r in stable if r["onset"] is not None),
         "baseline_median_lead_steps": float(np.median(base_vals)) if base_vals else None,
         "baseline_detected_by_onset_fraction": round(sum(v >= 0 for v in base_vals) / n_collapsed, 3)

@@ -1,0 +1,153 @@
+"""Lead time against false alarms, for our detectors and for the scalar-only baseline, on one plot.
+
+A monitor's lead means little without its false-alarm rate: one that alarms on every run has the
+longest lead of all. This sweeps both monitors over their settings on the same runs and reports,
+per setting, the share of runs that never collapsed which it paged, how many collapses it caught by
+their onset, and its median lead. The baseline's settings are detection_eval's BASELINE_SWEEP; ours
+are the structure-detector and verdict settings of the trade-off table in docs/detection.md.
+
+Runs are ROOT/<recipe>-s<seed>. "Collapsed" runs are runs of the collapsing recipes with a collapse
+onset (the fixed definition); "quiet" runs are runs of any recipe without one. Stable-recipe runs
+that slid below the onset line are in neither group and are counted apart.
+
+Usage: .venv/bin/python benchmarks/lead_vs_false_alarms.py --root /work/runs/repro3 --seeds 0 1 2 \
+    --stable interleaved off-policy sync-sft [--plot docs/img/lead-vs-false-alarms.png]
+Prints one JSON object as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from detection_eval import BASELINE_SWEEP, WARMUP, baseline_alarm, run_dir, step_table, success_of
+from rich.progress import track
+
+from collapsewatch.diagnostics.onset import collapse_onset
+from collapsewatch.diagnostics.scan import scan
+
+# Our settings (docs/detection.md, "The trade-off"); {} is the shipped default. A-D: structure CUSUM
+# slack k, threshold h and minimum rise; "C, no groups" leaves out broken_mode_groups; "any 2 families"
+# drops the verdict's requirement that the structure family be one of the agreeing families.
+OUR_SETTINGS = {
+    "A": {"structure_cusum_k": 0.5, "structure_cusum_h": 5.0, "structure_min_rise": 0.10},
+    "B": {"structure_cusum_k": 1.0, "structure_cusum_h": 5.0, "structure_min_rise": 0.15},
+    "C (default)": {},
+    "C, no groups": {"broken_mode_min_groups": 999},
+    "D": {"structure_cusum_k": 1.5, "structure_cusum_h": 5.0, "structure_min_rise": 0.15},
+    "any 2 families": {"verdict_requires": ()},
+}  # fmt: skip
+
+
+def score(alarms: dict[str, int | None], onsets: dict[str, int | None], collapsing: set[str]) -> dict:
+    """False-alarm share on quiet runs, detected-by-onset share and median lead on collapsed runs."""
+    collapsed = [n for n in alarms if n in collapsing and onsets[n] is not None]
+    quiet = [n for n in alarms if onsets[n] is None]
+    leads = [onsets[n] - alarms[n] for n in collapsed if alarms[n] is not None]
+    paged = [n for n in quiet if alarms[n] is not None]
+    return {
+        "quiet_runs_paged": len(paged),
+        "quiet_runs": len(quiet),
+        "false_alarm_share": round(len(paged) / len(quiet), 3) if quiet else None,
+        "detected_by_onset": sum(x >= 0 for x in leads),
+        "collapsed_runs": len(collapsed),
+        "median_lead_steps": float(np.median(leads)) if leads else None,
+        "paged_quiet_runs": paged,
+    }
+
+
+def frontier(points: list[dict]) -> list[dict]:
+    """The settings no other setting beats on both false alarms and median lead."""
+    usable = [p for p in points if p["median_lead_steps"] is not None]
+    best = []
+    for p in sorted(usable, key=lambda p: (p["false_alarm_share"], -p["median_lead_steps"])):
+        if not best or p["median_lead_steps"] > best[-1]["median_lead_steps"]:
+            best.append(p)
+    return best
+
+
+def plot(ours: list[dict], baseline: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    base = [p for p in baseline if p["median_lead_steps"] is not None]
+    ax.scatter([p["false_alarm_share"] for p in base], [p["median_lead_steps"] for p in base],
+               s=12, color="tab:gray", alpha=0.4, label="scalar baseline, every setting")  # fmt: skip
+    edge = frontier(baseline)
+    ax.plot([p["false_alarm_share"] for p in edge], [p["median_lead_steps"] for p in edge],
+            color="tab:gray", drawstyle="steps-post", label="scalar baseline, best settings")  # fmt: skip
+    shown = sorted((q for q in ours if q["median_lead_steps"] is not None),
+                   key=lambda q: (q["median_lead_steps"], q["false_alarm_share"]))  # fmt: skip
+    for i, p in enumerate(shown):  # labels alternate below/above so neighbours do not overlap
+        default = p["setting"] == "C (default)"
+        ax.scatter(p["false_alarm_share"], p["median_lead_steps"], s=60 if default else 30,
+                   color="tab:blue", marker="*" if default else "o", zorder=3)  # fmt: skip
+        ax.annotate(f"{p['setting']} ({p['detected_by_onset']}/{p['collapsed_runs']})",
+                    (p["false_alarm_share"], p["median_lead_steps"]), fontsize=7,
+                    xytext=(4, 4 if i % 2 else -10), textcoords="offset points")  # fmt: skip
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xlabel("share of runs that never collapsed which were paged (false alarms)")
+    ax.set_ylabel("median lead over the collapse onset (steps)")
+    ax.set_title("Lead against false alarms (ours in blue; caught by onset in brackets)", fontsize=10)
+    ax.legend(fontsize=8, loc="center right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--collapsing", nargs="+", default=["collapse"])
+    ap.add_argument("--stable", nargs="+", default=["interleaved", "off-policy", "sync-sft"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--plot", default="", help="PNG path for the plot ('' for none)")
+    args = ap.parse_args()
+
+    root = Path(args.root)
+    paths = {
+        run_dir(root, r, s).name: run_dir(root, r, s)
+        for r in [*args.collapsing, *args.stable]
+        for s in args.seeds
+        if (run_dir(root, r, s) / "run.json").exists()
+    }
+    if not paths:
+        raise SystemExit(f"no runs under {root} for those recipes and seeds")
+    collapsing = {n for n in paths if n.rsplit("-s", 1)[0] in args.collapsing}
+
+    tables, onsets = {}, {}
+    for name, path in track(paths.items(), description="reading runs"):
+        t = step_table(path)
+        tables[name] = t
+        onsets[name] = collapse_onset(t["step"].to_numpy(), success_of(t)[0])
+
+    ours = []
+    for setting, overrides in track(OUR_SETTINGS.items(), description="our settings"):
+        alarms = {n: scan(p, config=overrides).first_critical_step for n, p in paths.items()}
+        ours.append({"setting": setting, **score(alarms, onsets, collapsing)})
+    baseline = []
+    for setting in track(BASELINE_SWEEP, description="baseline settings"):
+        alarms = {n: baseline_alarm(t, WARMUP, **setting) for n, t in tables.items()}
+        baseline.append({"setting": setting, **score(alarms, onsets, collapsing)})
+
+    if args.plot:
+        plot(ours, baseline, Path(args.plot))
+    slid = sorted(n for n in paths if n not in collapsing and onsets[n] is not None)
+    print(json.dumps({
+        "benchmark": "lead_vs_false_alarms",
+        "root": str(root),
+        "seeds": args.seeds,
+        "stable_recipe_runs_that_slid": slid,
+        "ours": ours,
+        "baseline_frontier": frontier(baseline),
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
