@@ -94,7 +94,7 @@ def plot(ours: list[dict], baseline: list[dict], path: Path) -> None:
     ax.set_xlabel("share of runs that never collapsed which were paged (false alarms)")
     ax.set_ylabel("median lead over the collapse onset (steps)")
     ax.set_title("Lead against false alarms (ours in blue; caught by onset in brackets)", fontsize=10)
-    ax.legend(fontsize=8, loc="center right")
+    ax.legend(fontsize=8, loc="upper center")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
