@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -121,20 +122,22 @@ BASELINE_SWEEP = [
 ]
 
 
+def alarm_leads(
+    alarms: Mapping[str, int | None], onsets: Mapping[str, int | None], collapsed: list[str]
+) -> list[int]:
+    """Onset minus alarm step, for each collapsed run that alarmed (>= 0: caught by its onset)."""
+    return [onsets[n] - alarms[n] for n in collapsed if alarms[n] is not None]
+
+
 def quiet_baseline(tables: dict[str, tuple[str, pd.DataFrame, int | None]], warmup: int) -> dict | None:
     """The most sensitive BASELINE_SWEEP setting with no alarm on a stable run, and its leads."""
+    onsets = {n: onset for n, (_, _, onset) in tables.items()}
+    collapsed = [n for n, (kind, _, onset) in tables.items() if kind == "collapsing" and onset is not None]
     for setting in BASELINE_SWEEP:
         alarms = {name: baseline_alarm(t, warmup, **setting) for name, (_, t, _) in tables.items()}
         if any(alarms[n] is not None for n, (kind, _, _) in tables.items() if kind == "stable"):
             continue
-        leads = [
-            onset - alarms[n]
-            for n, (kind, _, onset) in tables.items()
-            if kind == "collapsing" and onset is not None and alarms[n] is not None
-        ]
-        collapsed = [
-            n for n, (kind, _, onset) in tables.items() if kind == "collapsing" and onset is not None
-        ]
+        leads = alarm_leads(alarms, onsets, collapsed)
         return {
             **setting,
             "median_lead_steps": float(np.median(leads)) if leads else None,

@@ -22,7 +22,15 @@ import json
 from pathlib import Path
 
 import numpy as np
-from detection_eval import BASELINE_SWEEP, WARMUP, baseline_alarm, run_dir, step_table, success_of
+from detection_eval import (
+    BASELINE_SWEEP,
+    WARMUP,
+    alarm_leads,
+    baseline_alarm,
+    run_dir,
+    step_table,
+    success_of,
+)
 from rich.progress import track
 
 from collapsewatch.diagnostics.onset import collapse_onset
@@ -45,7 +53,7 @@ def score(alarms: dict[str, int | None], onsets: dict[str, int | None], collapsi
     """False-alarm share on quiet runs, detected-by-onset share and median lead on collapsed runs."""
     collapsed = [n for n in alarms if n in collapsing and onsets[n] is not None]
     quiet = [n for n in alarms if onsets[n] is None]
-    leads = [onsets[n] - alarms[n] for n in collapsed if alarms[n] is not None]
+    leads = alarm_leads(alarms, onsets, collapsed)
     paged = [n for n in quiet if alarms[n] is not None]
     return {
         "quiet_runs_paged": len(paged),
@@ -68,7 +76,7 @@ def frontier(points: list[dict]) -> list[dict]:
     return best
 
 
-def plot(ours: list[dict], baseline: list[dict], path: Path) -> None:
+def plot(ours: list[dict], baseline: list[dict], edge: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,7 +86,6 @@ def plot(ours: list[dict], baseline: list[dict], path: Path) -> None:
     base = [p for p in baseline if p["median_lead_steps"] is not None]
     ax.scatter([p["false_alarm_share"] for p in base], [p["median_lead_steps"] for p in base],
                s=12, color="tab:gray", alpha=0.4, label="scalar baseline, every setting")  # fmt: skip
-    edge = frontier(baseline)
     ax.plot([p["false_alarm_share"] for p in edge], [p["median_lead_steps"] for p in edge],
             color="tab:gray", drawstyle="steps-post", label="scalar baseline, best settings")  # fmt: skip
     shown = sorted((q for q in ours if q["median_lead_steps"] is not None),
@@ -136,8 +143,9 @@ def main() -> None:
         alarms = {n: baseline_alarm(t, WARMUP, **setting) for n, t in tables.items()}
         baseline.append({"setting": setting, **score(alarms, onsets, collapsing)})
 
+    edge = frontier(baseline)
     if args.plot:
-        plot(ours, baseline, Path(args.plot))
+        plot(ours, baseline, edge, Path(args.plot))
     slid = sorted(n for n in paths if n not in collapsing and onsets[n] is not None)
     print(json.dumps({
         "benchmark": "lead_vs_false_alarms",
@@ -145,7 +153,7 @@ def main() -> None:
         "seeds": args.seeds,
         "stable_recipe_runs_that_slid": slid,
         "ours": ours,
-        "baseline_frontier": frontier(baseline),
+        "baseline_frontier": edge,
     }))  # fmt: skip
 
 

@@ -266,7 +266,7 @@ def derive_sequence_stats(
         states = [None] * n
         for i, summary in zip(picked, summaries, strict=True):
             states[i] = summary.state
-        if own[picked].any():
+        if own[picked].any():  # a step of only expert/hinted rows keeps shares, of those rows
             summaries = [x for x, keep in zip(summaries, own[picked], strict=True) if keep]
         counts = dict.fromkeys(STRUCTURAL_STATES, 0)
         for summary in summaries:

@@ -18,7 +18,7 @@ from collapsewatch.diagnostics.behaviour_detectors import (
 )
 from collapsewatch.diagnostics.control_spike import ControlTokenSpike
 from collapsewatch.diagnostics.detector_base import MonitorConfig
-from collapsewatch.diagnostics.features import sample_index, step_features
+from collapsewatch.diagnostics.features import step_features
 from collapsewatch.diagnostics.training_detectors import (
     ClipSaturation,
     EntropyCollapse,
@@ -366,12 +366,3 @@ def test_structure_statistics_describe_the_policys_own_samples():
     assert f.get("groups/broken_mode_count") == 3
     assert f.get("groups/broken_mode_frac") == 0.75
     assert f.get("state/broken_rollouts") == 0.75  # 18 of the 24 policy rows (22 of all 32)
-
-
-def test_classified_sample_keeps_whole_groups():
-    group = np.repeat(np.arange(64), 8).astype(float)  # 512 rollouts in groups of 8
-    picked = sample_index(len(group), 128, group)
-    assert len(picked) == 128
-    _, counts = np.unique(group[picked], return_counts=True)
-    assert set(counts) == {8}
-    assert len(sample_index(len(group), 128)) == 128

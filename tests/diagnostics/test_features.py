@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from collapsewatch.diagnostics.features import (
     derive_sequence_stats,
@@ -65,12 +66,15 @@ def test_canonical_scalars_win_over_derived_and_bad_cells_become_nan():
     assert np.isnan(f.get("loss"))
 
 
-def test_classified_sample_takes_whole_groups_per_rank():
-    """Group ids repeat across ranks; the sample takes whole (rank, group) groups and keeps its size."""
-    group = np.tile(np.repeat(np.arange(32), 8), 2).astype(float)  # 2 ranks x 32 groups of 8
-    rank = np.repeat([0.0, 1.0], 256)
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_classified_sample_takes_whole_groups(ranks):
+    """512 rollouts in groups of 8, on one rank or on two whose group ids repeat: the sample takes
+    whole (rank, group) groups and keeps its size; without keys it is plain evenly spaced rows."""
+    group = np.tile(np.repeat(np.arange(64 // ranks), 8), ranks).astype(float)
+    rank = np.repeat(np.arange(ranks, dtype=float), 512 // ranks)
     keys = group_keys(group, rank)
     picked = sample_index(len(keys), 128, keys)
     assert len(picked) == 128
     _, counts = np.unique(keys[picked], return_counts=True)
     assert set(counts) == {8}
+    assert len(sample_index(len(keys), 128)) == 128
