@@ -89,39 +89,44 @@ class ControlTokenSpike(Detector):
         alerts: list[Alert] = []
         if not best:
             return alerts
-        # One alert per step: the strongest mover not in cooldown; the others ride along as evidence.
+        # One alert per step: the strongest mover whose episode is new. Every moving series is
+        # recorded as holding, so the others ride along as evidence and do not alert one by one later.
         ranked = sorted(best.items(), key=lambda kv: -kv[1][4])
         also = [f"{t} @ {q}: {fmt(v[4])}x" for (t, q), v in ranked]
         wide = sum(v[4] >= c.ctrl_page_fold for v in best.values())
         severity = "critical" if c.ctrl_page_series and wide >= c.ctrl_page_series else "warning"
+        new = [key for key, _ in ranked if self.holds(f.step, severity, key)]
+        if not new:
+            return alerts
+        token, pos = new[0]
+        z, stat, p, base_p, fold = best[(token, pos)]
+        why = _FIXES.get((token, pos), "the token appears where the tool-call grammar does not expect it")
+        others = (
+            f" Also moving: {', '.join(x for x in also if not x.startswith(f'{token} @ {pos}:'))}."
+            if len(also) > 1
+            else ""
+        )
+        grammar = (
+            f" {wide} control-token series moved {fmt(c.ctrl_page_fold)}x or more together: the tool-call "
+            "grammar itself is shifting."
+            if severity == "critical"
+            else ""
+        )
+        msg = (
+            f"p({token}) at {pos} positions is {fmt(fold)}x its baseline ({stat}: {fmt(base_p)} -> {fmt(p)}, "
+            f"robust z {z:.1f}): {why}.{grammar}{others} {_FIX}"
+        )
         seqs = f.sequences
         order = None
         if seqs is not None and "control_unexpected_max" in seqs.columns:
             order = seqs["control_unexpected_max"].to_numpy(dtype=float, na_value=np.nan)
-        for (token, pos), (z, stat, p, base_p, fold) in ranked:
-            why = _FIXES.get((token, pos), "the token appears where the tool-call grammar does not expect it")
-            others = (
-                f" Also moving: {', '.join(x for x in also if not x.startswith(f'{token} @ {pos}:'))}."
-                if len(also) > 1
-                else ""
-            )
-            grammar = (
-                f" {wide} control-token series moved {fmt(c.ctrl_page_fold)}x or more together: the tool-call "
-                "grammar itself is shifting."
-                if severity == "critical"
-                else ""
-            )
-            msg = (
-                f"p({token}) at {pos} positions is {fmt(fold)}x its baseline ({stat}: {fmt(base_p)} -> {fmt(p)}, "
-                f"robust z {z:.1f}): {why}.{grammar}{others} {_FIX}"
-            )
-            a = self.emit(
+        alerts.append(
+            self.alert(
                 f,
                 severity,
                 msg,
                 p,
                 base_p,
-                key=(token, pos),
                 token=token,
                 position_type=pos,
                 stat=stat,
@@ -131,7 +136,5 @@ class ControlTokenSpike(Detector):
                 series_moving=wide,
                 rollouts=f.uids(order=order),
             )
-            if a:
-                alerts.append(a)
-                break
+        )
         return alerts

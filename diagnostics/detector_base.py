@@ -20,7 +20,9 @@ class MonitorConfig:
     """
 
     warmup: int = 15  # steps of history before any detector may fire
-    cooldown: int = 10  # steps before the same detector/key may fire again at the same severity
+    # a detector/key alerts once per episode: again at the same severity only after its condition has
+    # not held for this many steps (severity rising alerts at once)
+    cooldown: int = 10
     span: float = 20.0  # EWMA span of the robust baselines, steps
     z_warn: float = 4.0  # robust z that counts as a hit
     persist_k: int = 2  # hits needed ...
@@ -105,7 +107,9 @@ class Detector:
     """A streaming detector: `update(features)` once per step, returns the alerts for that step.
 
     Subclasses set `name` and `family` (detectors in one family see the same evidence, so they do
-    not count as independent confirmation) and call `emit`, which applies the cooldown.
+    not count as independent confirmation) and call `emit` whenever their condition holds. `emit`
+    applies the cooldown to the alert, not to the condition: `active_step` records every step a
+    warning-or-worse condition held, so the verdict sees a lasting condition that alerted once.
     """
 
     name = "detector"
@@ -113,8 +117,9 @@ class Detector:
 
     def __init__(self, config: MonitorConfig):
         self.config = config
-        self._fired: dict[Any, tuple[int, int]] = {}
+        self._fired: dict[Any, tuple[int, int]] = {}  # key -> (last step it held, rank it alerted at)
         self.seen = 0
+        self.active_step: int | None = None  # last step a warning-or-worse condition held
 
     def update(self, f: StepFeatures) -> list[Alert]:
         raise NotImplementedError
@@ -122,6 +127,22 @@ class Detector:
     @property
     def warmed_up(self) -> bool:
         return self.seen > self.config.warmup
+
+    def holds(self, step: int, severity: str, key: Any = None) -> bool:
+        """Record that the condition `key` holds at `step`; True when it should alert.
+
+        One alert per episode: a condition that keeps holding (no gap of `cooldown` steps) alerts
+        again only if its severity rises, so a 40-step slide is one warning, not four.
+        """
+        rank = SEVERITY_RANK[severity]
+        if rank >= SEVERITY_RANK["warning"]:
+            self.active_step = step
+        last = self._fired.get(key)
+        if last is not None and step - last[0] < self.config.cooldown and rank <= last[1]:
+            self._fired[key] = (step, last[1])  # the episode goes on: its quiet period restarts
+            return False
+        self._fired[key] = (step, rank)
+        return True
 
     def emit(
         self,
@@ -134,12 +155,22 @@ class Detector:
         detector: str | None = None,
         **evidence: Any,
     ) -> Alert | None:
-        """An alert unless the same key fired at this severity or higher within the cooldown."""
-        rank = SEVERITY_RANK[severity]
-        last = self._fired.get(key)
-        if last is not None and f.step - last[0] < self.config.cooldown and rank <= last[1]:
+        """An alert, unless this is the same episode of a condition that already alerted."""
+        if not self.holds(f.step, severity, key):
             return None
-        self._fired[key] = (f.step, rank)
+        return self.alert(f, severity, message, value, baseline, detector, **evidence)
+
+    def alert(
+        self,
+        f: StepFeatures,
+        severity: str,
+        message: str,
+        value: float,
+        baseline: float,
+        detector: str | None = None,
+        **evidence: Any,
+    ) -> Alert:
+        """The alert itself, for a detector that called `holds` on its own."""
         evidence = {"step": f.step, **evidence}
         return Alert(
             step=f.step,

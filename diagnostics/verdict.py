@@ -1,12 +1,16 @@
 """The combined verdict: page (critical) only when independent detector families agree.
 
-Single detectors warn; a page needs warnings from at least `verdict_min_families` different families
-(control tokens, structure, outcome, behaviour, exploration, optimisation, length) within
-`verdict_window` steps. Non-finite values page on their own. Confidence is a plain heuristic:
-the number of agreeing families over three (one family 33%, two 67%, three or more 100%).
+Single detectors warn; a page needs at least `verdict_min_families` different families (control
+tokens, structure, outcome, behaviour, exploration, optimisation, length) whose warning conditions
+held within the last `verdict_window` steps. A family counts while its condition holds, not only on
+the step it alerted: a detector alerts once per episode, and a success slide that alerted 8 steps
+ago and is still under way is still evidence. Non-finite values page on their own. Confidence is a
+plain heuristic: the number of agreeing families over three (one 33%, two 67%, three or more 100%).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from collapsewatch.diagnostics.alerts import Alert
 from collapsewatch.diagnostics.detector_base import MonitorConfig
@@ -30,21 +34,35 @@ class CombinedVerdict:
 
     def __init__(self, config: MonitorConfig):
         self.config = config
-        self.last_warning: dict[str, int] = {}
+        self.last_active: dict[str, int] = {}  # family -> last step one of its conditions held
+        self.active_detectors: dict[str, tuple[str, int]] = {}  # detector -> (family, last step)
         self.last_page: int | None = None
         self.confidence = 0.0
         self.families_seen: set[str] = set()
         self.last_control: Alert | None = None
 
-    def update(self, step: int, alerts: list[Alert], families_with_data: set[str]) -> list[Alert]:
+    def update(
+        self,
+        step: int,
+        alerts: list[Alert],
+        families_with_data: set[str],
+        active: Mapping[str, str] | None = None,
+    ) -> list[Alert]:
+        """Judge one step. `active`: detector name -> family, for every detector whose warning (or
+        worse) condition holds at this step, alerted or not; the step's alerts always count."""
         c = self.config
         self.families_seen |= families_with_data
+        held = dict(active or {})
         for a in alerts:
-            if a.rank >= 1 and a.family in _FAMILY_LABEL:
-                self.last_warning[a.family] = step
+            if a.rank >= 1:
+                held.setdefault(a.detector, a.family)
             if a.rank >= 1 and a.family == "control":
                 self.last_control = a  # the suspect to name, even when it moved before the window
-        agreeing = sorted(f for f, s in self.last_warning.items() if step - s < c.verdict_window)
+        for name, family in held.items():
+            if family in _FAMILY_LABEL:
+                self.last_active[family] = step
+                self.active_detectors[name] = (family, step)
+        agreeing = sorted(f for f, s in self.last_active.items() if step - s < c.verdict_window)
         self.confidence = min(1.0, len(agreeing) / 3.0)
         if len(agreeing) < c.verdict_min_families or not set(c.verdict_requires) <= set(agreeing):
             return []
@@ -52,9 +70,9 @@ class CombinedVerdict:
             return []
         self.last_page = step
         supporting = [
-            {"step": a.step, "detector": a.detector, "family": a.family}
-            for a in alerts
-            if a.family in agreeing
+            {"step": s, "detector": name, "family": family}
+            for name, (family, s) in sorted(self.active_detectors.items())
+            if family in agreeing and step - s < c.verdict_window
         ]
         labels = ", ".join(_FAMILY_LABEL[f] for f in agreeing)
         lead = self.last_control

@@ -216,6 +216,45 @@ def test_respects_cooldown(cls, builder, name):
     assert len(steps) <= 4
 
 
+def test_a_lasting_condition_alerts_once_per_episode_and_stays_active():
+    """Success under its peak for 40 steps is one warning, not four; the detector reports the
+    condition as active on every one of those steps (the verdict reads that); after a quiet gap
+    longer than the cooldown, a new slide alerts again."""
+    det = SuccessCollapse(CONFIG)
+    rng = np.random.default_rng(0)
+    alerts, active = [], []
+    for step in range(120):
+        low = 40 <= step < 80 or step >= 100
+        rate = (0.25 if low else 0.6) + 0.02 * rng.normal()
+        alerts += det.update(step_features(step, {"success/rate": rate}, None))
+        active.append(det.active_step == step)
+    steps = [a.step for a in alerts]
+    assert len(steps) == 2, steps
+    assert 40 <= steps[0] <= 46 and 100 <= steps[1] <= 106
+    assert all(active[steps[0] : 80]) and not any(active[85:100])
+
+
+def test_control_spike_series_moving_together_alert_once_not_one_by_one():
+    """Three series jump together and stay up: one alert naming the strongest, the others listed in
+    it, and no further alert per series on the following steps."""
+    rng = np.random.default_rng(2)
+    det = ControlTokenSpike(CONFIG)
+    series = [
+        ("<|im_end|>", "after_open_tag"),
+        ("</tool_call>", "turn_start"),
+        ("<tool_call>", "after_open_tag"),
+    ]
+    alerts = []
+    for step in range(70):
+        scalars = {
+            control_stat_name(tok, pos, "mean"): jitter(rng, 1e-5, 0.3) * (fold if step >= 40 else 1)
+            for (tok, pos), fold in zip(series, (300, 100, 50), strict=True)
+        }
+        alerts += det.update(step_features(step, scalars, None))
+    assert len(alerts) == 1, [(a.step, a.evidence["token"]) for a in alerts]
+    assert alerts[0].evidence["token"] == "<|im_end|>" and len(alerts[0].evidence["moving"]) == 3
+
+
 def test_single_step_control_blip_is_not_an_alert():
     alerts = run_detector(ControlTokenSpike, ctrl_step, {50})
     assert alerts == []
@@ -330,6 +369,29 @@ def test_verdict_pages_only_when_the_format_itself_breaks():
     assert set(page[0].evidence["families"]) == {"control", "outcome", "structure", "optimization"}
     loose = CombinedVerdict(MonitorConfig(verdict_requires=()))
     assert loose.update(30, [warn(30, "control"), warn(30, "outcome")], families)
+
+
+def test_verdict_counts_a_family_while_its_condition_holds():
+    """A success slide that alerted at step 20 and still holds at 28 agrees with a structural shift
+    at 28: its one alert is 8 steps old, but the condition is active (one alert per episode)."""
+    from collapsewatch.diagnostics.alerts import Alert
+    from collapsewatch.diagnostics.verdict import CombinedVerdict
+
+    def warn(step, family):
+        return Alert(step=step, detector=family, severity="warning", message="m", family=family)
+
+    families = {"outcome", "structure"}
+    sliding = {"success_collapse": "outcome"}
+    verdict = CombinedVerdict(MonitorConfig())
+    assert verdict.update(20, [warn(20, "outcome")], families, sliding) == []
+    for step in range(21, 28):
+        assert verdict.update(step, [], families, sliding) == []
+    page = verdict.update(28, [warn(28, "structure")], families, {**sliding, "structural_shift": "structure"})
+    assert page and set(page[0].evidence["families"]) == {"outcome", "structure"}
+    assert {"step": 28, "detector": "success_collapse", "family": "outcome"} in page[0].evidence["alerts"]
+    alerts_only = CombinedVerdict(MonitorConfig())  # counting alerts alone, the slide is stale by 28
+    alerts_only.update(20, [warn(20, "outcome")], families)
+    assert alerts_only.update(28, [warn(28, "structure")], families) == []
 
 
 def test_broken_mode_groups_needs_whole_groups_not_the_same_share_scattered():

@@ -7,6 +7,8 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
+import numpy as np
+import pandas as pd
 import pytest
 from rich.console import Console
 
@@ -42,6 +44,25 @@ def test_one_family_alone_never_pages():
     assert any(a.detector == "grad_norm_spike" for a in mon.alerts)
     assert not any(a.severity == "critical" for a in mon.alerts)
     assert mon.should_stop("warning") and not mon.should_stop("critical") and not mon.should_stop(None)
+
+
+def test_page_comes_when_the_format_breaks_during_a_slide_that_alerted_long_before():
+    """Success slides from step 30 (one warning); turns break from 45. The page comes on the step the
+    structure family first warns, not when the slide would next have re-alerted."""
+    call = '<tool_call>{"name": "get", "arguments": {"a": 1}}</tool_call><|im_end|>'
+    rng = np.random.default_rng(4)
+    mon = LiveMonitor(config={"warmup": 20})
+    for step in range(70):
+        broken = rng.random(32) < (0.5 if step >= 45 else 0.03)
+        turns = [["<tool_call><|im_end|>"] if b else [call, "alice has 40."] for b in broken]
+        seqs = pd.DataFrame({"seq": range(32), "uid": [f"u{i}" for i in range(32)], "turn_texts": turns})
+        rate = (0.2 if step >= 30 else 0.6) + 0.02 * rng.normal()
+        mon.update(step, {"success/rate": rate}, seqs)
+    success = [a.step for a in mon.alerts if a.detector == "success_collapse"]
+    structure = [a.step for a in mon.alerts if a.family == "structure"]
+    pages = [a.step for a in mon.alerts if a.severity == "critical"]
+    assert len(success) == 1 and success[0] < 40
+    assert structure and pages and pages[0] == structure[0]
 
 
 def test_nan_pages_at_once_and_monitor_survives_garbage():
