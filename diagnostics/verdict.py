@@ -99,7 +99,7 @@ class CombinedVerdict:
                     "step": step,
                     "families": agreeing,
                     "confidence": self.confidence,
-                    "alerts": supporting,
+                    "detectors": supporting,  # each with the last step its condition held
                 },
                 family="verdict",
             )

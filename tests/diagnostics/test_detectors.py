@@ -388,7 +388,7 @@ def test_verdict_counts_a_family_while_its_condition_holds():
         assert verdict.update(step, [], families, sliding) == []
     page = verdict.update(28, [warn(28, "structure")], families, {**sliding, "structural_shift": "structure"})
     assert page and set(page[0].evidence["families"]) == {"outcome", "structure"}
-    assert {"step": 28, "detector": "success_collapse", "family": "outcome"} in page[0].evidence["alerts"]
+    assert {"step": 28, "detector": "success_collapse", "family": "outcome"} in page[0].evidence["detectors"]
     alerts_only = CombinedVerdict(MonitorConfig())  # counting alerts alone, the slide is stale by 28
     alerts_only.update(20, [warn(20, "outcome")], families)
     assert alerts_only.update(28, [warn(28, "structure")], families) == []
