@@ -23,7 +23,7 @@ import math
 import os
 import subprocess
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -382,6 +382,11 @@ def main() -> None:
                     for name in moves:
                         stable_moves[name] += 1
                 crit = findings.first_critical_step
+                # alert fatigue: the warnings a user reads (on a collapsing run, those up to its onset)
+                until = onset if kind == "collapsing" and onset is not None else math.inf
+                warnings = [
+                    a.detector for a in findings.alerts if a.severity == "warning" and a.step <= until
+                ]
                 mean5 = pd.Series(succ).rolling(5, min_periods=5).mean()
                 per_run.append({
                     "run": path.name, "kind": kind, "steps": findings.steps, "onset": onset, "onset_series": succ_name,
@@ -396,6 +401,7 @@ def main() -> None:
                     "baseline_alarm": base, "baseline_lead": None if onset is None or base is None else onset - base,
                     "critical_detectors": sorted({a.detector for a in findings.alerts if a.severity == "critical"}),
                     "first_alerts": [(a.step, a.detector) for a in findings.alerts if a.rank >= 1][:6],
+                    "warnings": len(warnings), "warnings_by_detector": dict(Counter(warnings)),
                     "root_cause": findings.root_cause[0]["evidence"] if findings.root_cause else None,
                 })  # fmt: skip
                 if plot_dir:
@@ -461,6 +467,10 @@ def main() -> None:
         # per run, our lead minus the baseline's (both alarms present): > 0 where we warn earlier
         "lead_minus_baseline": _paired_difference(collapsed),
         "stable_runs_that_collapsed": sum(1 for r in stable if r["onset"] is not None),
+        # warnings (not pages) per stable-recipe run, over the whole run: alert fatigue
+        "warnings_per_stable_run": round(float(np.mean([r["warnings"] for r in stable])), 2)
+        if stable
+        else None,
         "baseline_median_lead_steps": float(np.median(base_vals)) if base_vals else None,
         "baseline_detected_by_onset_fraction": round(sum(v >= 0 for v in base_vals) / n_collapsed, 3)
         if collapsed
