@@ -145,20 +145,13 @@ class Detector:
         return True
 
     def emit(
-        self,
-        f: StepFeatures,
-        severity: str,
-        message: str,
-        value: float,
-        baseline: float,
-        key: Any = None,
-        detector: str | None = None,
-        **evidence: Any,
+        self, f: StepFeatures, severity: str, *args: Any, key: Any = None, **kwargs: Any
     ) -> Alert | None:
-        """An alert, unless this is the same episode of a condition that already alerted."""
+        """`alert(f, severity, *args, **kwargs)`, unless this is the same episode of a condition that
+        already alerted."""
         if not self.holds(f.step, severity, key):
             return None
-        return self.alert(f, severity, message, value, baseline, detector, **evidence)
+        return self.alert(f, severity, *args, **kwargs)
 
     def alert(
         self,
@@ -170,7 +163,8 @@ class Detector:
         detector: str | None = None,
         **evidence: Any,
     ) -> Alert:
-        """The alert itself, for a detector that called `holds` on its own."""
+        """The alert itself (`emit` also applies the cooldown; a detector that calls `holds` itself
+        uses this directly)."""
         evidence = {"step": f.step, **evidence}
         return Alert(
             step=f.step,
