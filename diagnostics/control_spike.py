@@ -86,18 +86,17 @@ class ControlTokenSpike(Detector):
                 if key not in best or z > best[key][0]:
                     best[key] = (z, stat, p, base_p, fold)
         self.seen += seen_any
-        alerts: list[Alert] = []
         if not best:
-            return alerts
+            return []
         # One alert per step: the strongest mover whose episode is new. Every moving series is
         # recorded as holding, so the others ride along as evidence and do not alert one by one later.
         ranked = sorted(best.items(), key=lambda kv: -kv[1][4])
         also = [f"{t} @ {q}: {fmt(v[4])}x" for (t, q), v in ranked]
         wide = sum(v[4] >= c.ctrl_page_fold for v in best.values())
         severity = "critical" if c.ctrl_page_series and wide >= c.ctrl_page_series else "warning"
-        new = [key for key, _ in ranked if self.holds(f.step, severity, key)]
+        new = [key for key, _ in ranked if self.holds(f.step, severity, key)]  # records every series
         if not new:
-            return alerts
+            return []
         token, pos = new[0]
         z, stat, p, base_p, fold = best[(token, pos)]
         why = _FIXES.get((token, pos), "the token appears where the tool-call grammar does not expect it")
@@ -120,7 +119,7 @@ class ControlTokenSpike(Detector):
         order = None
         if seqs is not None and "control_unexpected_max" in seqs.columns:
             order = seqs["control_unexpected_max"].to_numpy(dtype=float, na_value=np.nan)
-        alerts.append(
+        return [
             self.alert(
                 f,
                 severity,
@@ -136,5 +135,4 @@ class ControlTokenSpike(Detector):
                 series_moving=wide,
                 rollouts=f.uids(order=order),
             )
-        )
-        return alerts
+        ]

@@ -108,8 +108,9 @@ class Detector:
 
     Subclasses set `name` and `family` (detectors in one family see the same evidence, so they do
     not count as independent confirmation) and call `emit` whenever their condition holds. `emit`
-    applies the cooldown to the alert, not to the condition: `active_step` records every step a
-    warning-or-worse condition held, so the verdict sees a lasting condition that alerted once.
+    applies the cooldown to the alert, not to the condition: `active` records, per alerting name,
+    the last step a warning-or-worse condition held, so the verdict sees a lasting condition that
+    alerted once.
     """
 
     name = "detector"
@@ -119,7 +120,7 @@ class Detector:
         self.config = config
         self._fired: dict[Any, tuple[int, int]] = {}  # key -> (last step it held, rank it alerted at)
         self.seen = 0
-        self.active_step: int | None = None  # last step a warning-or-worse condition held
+        self.active: dict[str, int] = {}  # alerting name -> last step a warning-or-worse condition held
 
     def update(self, f: StepFeatures) -> list[Alert]:
         raise NotImplementedError
@@ -128,15 +129,21 @@ class Detector:
     def warmed_up(self) -> bool:
         return self.seen > self.config.warmup
 
-    def holds(self, step: int, severity: str, key: Any = None) -> bool:
-        """Record that the condition `key` holds at `step`; True when it should alert.
+    @property
+    def active_step(self) -> int | None:
+        """The last step any of this detector's warning-or-worse conditions held."""
+        return max(self.active.values(), default=None)
+
+    def holds(self, step: int, severity: str, key: Any = None, detector: str | None = None) -> bool:
+        """Record that the condition `key` (alerting as `detector`, default this detector's name)
+        holds at `step`; True when it should alert.
 
         One alert per episode: a condition that keeps holding (no gap of `cooldown` steps) alerts
         again only if its severity rises, so a 40-step slide is one warning, not four.
         """
         rank = SEVERITY_RANK[severity]
         if rank >= SEVERITY_RANK["warning"]:
-            self.active_step = step
+            self.active[detector or self.name] = step
         last = self._fired.get(key)
         if last is not None and step - last[0] < self.config.cooldown and rank <= last[1]:
             self._fired[key] = (step, last[1])  # the episode goes on: its quiet period restarts
@@ -149,7 +156,7 @@ class Detector:
     ) -> Alert | None:
         """`alert(f, severity, *args, **kwargs)`, unless this is the same episode of a condition that
         already alerted."""
-        if not self.holds(f.step, severity, key):
+        if not self.holds(f.step, severity, key, kwargs.get("detector")):
             return None
         return self.alert(f, severity, *args, **kwargs)
 

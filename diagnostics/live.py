@@ -118,7 +118,7 @@ class LiveMonitor:
                     families.add(d.family)
             except Exception:  # noqa: BLE001
                 self.failures[d.name] += 1
-        active = {d.name: d.family for d in self.detectors if d.active_step == f.step}
+        active = {name: d.family for d in self.detectors for name, s in d.active.items() if s == f.step}
         try:
             alerts.extend(self.verdict.update(f.step, alerts, families, active))
         except Exception:  # noqa: BLE001

@@ -34,8 +34,7 @@ class CombinedVerdict:
 
     def __init__(self, config: MonitorConfig):
         self.config = config
-        self.last_active: dict[str, int] = {}  # family -> last step one of its conditions held
-        self.active_detectors: dict[str, tuple[str, int]] = {}  # detector -> (family, last step)
+        self.active: dict[str, tuple[str, int]] = {}  # detector -> (family, last step its condition held)
         self.last_page: int | None = None
         self.confidence = 0.0
         self.families_seen: set[str] = set()
@@ -49,20 +48,20 @@ class CombinedVerdict:
         active: Mapping[str, str] | None = None,
     ) -> list[Alert]:
         """Judge one step. `active`: detector name -> family, for every detector whose warning (or
-        worse) condition holds at this step, alerted or not; the step's alerts always count."""
+        worse) condition holds at this step, alerted or not (LiveMonitor passes it; every alert's
+        condition is among them). Without it, the step's warnings stand for the conditions."""
         c = self.config
         self.families_seen |= families_with_data
-        held = dict(active or {})
-        for a in alerts:
-            if a.rank >= 1:
-                held.setdefault(a.detector, a.family)
-            if a.rank >= 1 and a.family == "control":
+        warnings = [a for a in alerts if a.rank >= 1]
+        for a in warnings:
+            if a.family == "control":
                 self.last_control = a  # the suspect to name, even when it moved before the window
+        held = active if active is not None else {a.detector: a.family for a in warnings}
         for name, family in held.items():
             if family in _FAMILY_LABEL:
-                self.last_active[family] = step
-                self.active_detectors[name] = (family, step)
-        agreeing = sorted(f for f, s in self.last_active.items() if step - s < c.verdict_window)
+                self.active[name] = (family, step)
+        recent = {name: fs for name, fs in self.active.items() if step - fs[1] < c.verdict_window}
+        agreeing = sorted({family for family, _ in recent.values()})
         self.confidence = min(1.0, len(agreeing) / 3.0)
         if len(agreeing) < c.verdict_min_families or not set(c.verdict_requires) <= set(agreeing):
             return []
@@ -70,9 +69,7 @@ class CombinedVerdict:
             return []
         self.last_page = step
         supporting = [
-            {"step": s, "detector": name, "family": family}
-            for name, (family, s) in sorted(self.active_detectors.items())
-            if family in agreeing and step - s < c.verdict_window
+            {"step": s, "detector": name, "family": family} for name, (family, s) in sorted(recent.items())
         ]
         labels = ", ".join(_FAMILY_LABEL[f] for f in agreeing)
         lead = self.last_control

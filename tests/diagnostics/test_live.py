@@ -65,6 +65,24 @@ def test_page_comes_when_the_format_breaks_during_a_slide_that_alerted_long_befo
     assert structure and pages and pages[0] == structure[0]
 
 
+def test_page_names_each_agreeing_detector_once_under_its_alert_name():
+    """Entropy spikes (alerting as `entropy_spike`, a detector named `entropy`) while turns break:
+    the page's evidence lists `entropy_spike` once, not also as `entropy`."""
+    call = '<tool_call>{"name": "get", "arguments": {"a": 1}}</tool_call><|im_end|>'
+    rng = np.random.default_rng(5)
+    mon = LiveMonitor(config={"warmup": 20})
+    for step in range(60):
+        broken = rng.random(32) < (0.5 if step >= 40 else 0.03)
+        turns = [["<tool_call><|im_end|>"] if b else [call, "alice has 40."] for b in broken]
+        seqs = pd.DataFrame({"seq": range(32), "uid": [f"u{i}" for i in range(32)], "turn_texts": turns})
+        entropy = (0.6 if step >= 40 else 0.1) * (1 + 0.05 * rng.normal())
+        mon.update(step, {"entropy/mean": entropy}, seqs)
+    page = next(a for a in mon.alerts if a.severity == "critical")
+    names = [d["detector"] for d in page.evidence["detectors"]]
+    assert "entropy_spike" in names and "entropy" not in names
+    assert len(names) == len(set(names))
+
+
 def test_nan_pages_at_once_and_monitor_survives_garbage():
     mon = LiveMonitor()
     assert mon.update(0, {"loss": float("nan")})[0].severity == "critical"
