@@ -46,16 +46,23 @@ def test_one_family_alone_never_pages():
     assert mon.should_stop("warning") and not mon.should_stop("critical") and not mon.should_stop(None)
 
 
+CALL = '<tool_call>{"name": "get", "arguments": {"a": 1}}</tool_call><|im_end|>'
+
+
+def rollouts(rng, broken_share: float, n: int = 32) -> pd.DataFrame:
+    """One step's rollouts: each a healthy call and answer, or (at `broken_share`) a bare tag."""
+    broken = rng.random(n) < broken_share
+    turns = [["<tool_call><|im_end|>"] if b else [CALL, "alice has 40."] for b in broken]
+    return pd.DataFrame({"seq": range(n), "uid": [f"u{i}" for i in range(n)], "turn_texts": turns})
+
+
 def test_page_comes_when_the_format_breaks_during_a_slide_that_alerted_long_before():
     """Success slides from step 30 (one warning); turns break from 45. The page comes on the step the
     structure family first warns, not when the slide would next have re-alerted."""
-    call = '<tool_call>{"name": "get", "arguments": {"a": 1}}</tool_call><|im_end|>'
     rng = np.random.default_rng(4)
     mon = LiveMonitor(config={"warmup": 20})
     for step in range(70):
-        broken = rng.random(32) < (0.5 if step >= 45 else 0.03)
-        turns = [["<tool_call><|im_end|>"] if b else [call, "alice has 40."] for b in broken]
-        seqs = pd.DataFrame({"seq": range(32), "uid": [f"u{i}" for i in range(32)], "turn_texts": turns})
+        seqs = rollouts(rng, 0.5 if step >= 45 else 0.03)
         rate = (0.2 if step >= 30 else 0.6) + 0.02 * rng.normal()
         mon.update(step, {"success/rate": rate}, seqs)
     success = [a.step for a in mon.alerts if a.detector == "success_collapse"]
@@ -68,13 +75,10 @@ def test_page_comes_when_the_format_breaks_during_a_slide_that_alerted_long_befo
 def test_page_names_each_agreeing_detector_once_under_its_alert_name():
     """Entropy spikes (alerting as `entropy_spike`, a detector named `entropy`) while turns break:
     the page's evidence lists `entropy_spike` once, not also as `entropy`."""
-    call = '<tool_call>{"name": "get", "arguments": {"a": 1}}</tool_call><|im_end|>'
     rng = np.random.default_rng(5)
     mon = LiveMonitor(config={"warmup": 20})
     for step in range(60):
-        broken = rng.random(32) < (0.5 if step >= 40 else 0.03)
-        turns = [["<tool_call><|im_end|>"] if b else [call, "alice has 40."] for b in broken]
-        seqs = pd.DataFrame({"seq": range(32), "uid": [f"u{i}" for i in range(32)], "turn_texts": turns})
+        seqs = rollouts(rng, 0.5 if step >= 40 else 0.03)
         entropy = (0.6 if step >= 40 else 0.1) * (1 + 0.05 * rng.normal())
         mon.update(step, {"entropy/mean": entropy}, seqs)
     page = next(a for a in mon.alerts if a.severity == "critical")
