@@ -315,6 +315,27 @@ def _paired_difference(collapsed: list[dict]) -> dict | None:
     }
 
 
+def _probe_summary(per_run: list[dict]) -> dict | None:
+    """The reference-probe detector on the runs that have a probe: how early it warns, and where."""
+    probed = [r for r in per_run if r["has_probe"]]
+    if not probed:
+        return None
+    collapsed = [r for r in probed if r["kind"] == "collapsing" and r["onset"] is not None]
+    quiet = [r for r in probed if r["kind"] == "stable" and r["onset"] is None]
+    warned = [r for r in collapsed if r["first_probe_alert"] is not None]
+    by_onset = [r["onset"] - r["first_probe_alert"] for r in warned]
+    by_format = [r["format_onset"] - r["first_probe_alert"] for r in warned if r["format_onset"] is not None]
+    return {
+        "runs_with_probe": len(probed),
+        "collapsing_runs": len(collapsed),
+        "collapsing_runs_warned_by_onset": sum(v >= 0 for v in by_onset),
+        "median_probe_lead_over_onset": float(np.median(by_onset)) if by_onset else None,
+        "median_probe_lead_over_format_onset": float(np.median(by_format)) if by_format else None,
+        "never_collapsed_stable_runs": len(quiet),
+        "never_collapsed_stable_runs_warned": sum(r["first_probe_alert"] is not None for r in quiet),
+    }
+
+
 def _parse_setting(pair: str) -> tuple[str, object]:
     """`KEY=VALUE` for a MonitorConfig field, parsed by the field's type (tuples: comma-separated)."""
     key, _, raw = pair.partition("=")
@@ -398,6 +419,8 @@ def main() -> None:
                     "lead_vs_format_onset": None if format_onset is None or crit is None else format_onset - crit,
                     "baseline_lead_vs_format_onset": None if format_onset is None or base is None else format_onset - base,
                     "first_control_move": min((st for n, (st, _) in moves.items() if n.startswith("ctrl/")), default=None),
+                    "has_probe": any(c.startswith("probe/") for c in t.columns),
+                    "first_probe_alert": min((a.step for a in findings.alerts if a.detector == "probe_drift" and a.rank >= 1), default=None),
                     "baseline_alarm": base, "baseline_lead": None if onset is None or base is None else onset - base,
                     "critical_detectors": sorted({a.detector for a in findings.alerts if a.severity == "critical"}),
                     "first_alerts": [(a.step, a.detector) for a in findings.alerts if a.rank >= 1][:6],
@@ -488,6 +511,7 @@ def main() -> None:
             for n, v in sorted(leads_vs_break.items(), key=lambda kv: -np.median(kv[1]))
             if n.startswith("ctrl/")
         },
+        "probe": _probe_summary(per_run),
         "runs": per_run,
     }
     print(json.dumps(result, default=str))

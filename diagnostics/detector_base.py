@@ -38,6 +38,14 @@ class MonitorConfig:
     # (0, the default, turns this off: on the bundled trainer it paged 6 of 6 supervised runs).
     ctrl_page_series: int = 0
     ctrl_page_fold: float = 10.0
+    # probe drift (hooks/probe.py): -log p of the reference conversations' control tokens against its
+    # median over the first probe_ref_steps steps (the probe is noise-free: no warm-up beyond that)
+    probe_ref_steps: int = 5
+    probe_floor: float = 1e-6  # nats: smaller costs are rounding
+    probe_warn_fold: float = 5.0
+    # >= this fold pages on its own (0, the default, turns it off: on the bundled trainer supervised
+    # runs that recovered showed the same 100-1000x transients; docs/detection.md, round 7)
+    probe_page_fold: float = 0.0
     # structural states
     max_classified: int = 128  # rollouts per step whose text is classified (evenly spaced sample)
     # structural states: one-sided CUSUM of the broken-turn share (logit scale) against the warm-up's

@@ -25,6 +25,7 @@ from collapsewatch.diagnostics.behaviour_detectors import (
 from collapsewatch.diagnostics.control_spike import ControlTokenSpike
 from collapsewatch.diagnostics.detector_base import Detector, MonitorConfig
 from collapsewatch.diagnostics.features import StepFeatures, step_features
+from collapsewatch.diagnostics.probe_drift import ProbeDrift
 from collapsewatch.diagnostics.sinks import Sink
 from collapsewatch.diagnostics.training_detectors import (
     ClipSaturation,
@@ -51,6 +52,7 @@ def _control_token_texts(control_tokens: Sequence[Any] | None) -> list[str] | No
 def build_detectors(config: MonitorConfig, control_tokens: list[str] | None = None) -> list[Detector]:
     return [
         ControlTokenSpike(config, control_tokens),
+        ProbeDrift(config),
         StructuralShift(config),
         BrokenModeGroups(config),
         SuccessCollapse(config),

@@ -132,6 +132,31 @@ def _fig_heatmap(per_step: dict[int, dict[str, float]], findings: Findings):
     return fig
 
 
+def _fig_probe(per_step: dict[int, dict[str, float]], findings: Findings):
+    """The reference-conversation probe (hooks/probe.py), when the run has one: cost per control token."""
+    import plotly.graph_objects as go
+
+    rows: dict[str, dict[int, float]] = {}
+    for step, scalars in per_step.items():
+        for name, v in scalars.items():
+            if name.startswith("probe/logp/") and math.isfinite(v):
+                rows.setdefault(name.removeprefix("probe/logp/"), {})[step] = max(-v, 1e-9)
+    if not rows:
+        return None
+    fig = go.Figure()
+    for token, series in sorted(rows.items()):
+        steps = sorted(series)
+        fig.add_trace(go.Scatter(x=steps, y=[series[s] for s in steps], name=token, mode="lines"))
+    _vlines(fig, findings)
+    fig.update_yaxes(type="log", title="-log p, nats")
+    fig.update_layout(
+        height=320,
+        margin=dict(l=60, r=20, t=30, b=30),
+        title="reference conversations: cost of the expert's control tokens (rising = being unlearned)",
+    )
+    return fig
+
+
 def _fig_alerts(findings: Findings):
     import plotly.graph_objects as go
 
@@ -267,7 +292,16 @@ def report(run_or_path: Any, out_html: str | Path, findings: Findings | None = N
     seqs = run.sequences(
         columns=["step", "seq", "rank", "reward", "success", "turn_texts", "control_unexpected_max"]
     )
-    figs = [f for f in (_fig_outcome(findings), _fig_heatmap(per_step, findings), _fig_alerts(findings)) if f]
+    figs = [
+        f
+        for f in (
+            _fig_outcome(findings),
+            _fig_heatmap(per_step, findings),
+            _fig_probe(per_step, findings),
+            _fig_alerts(findings),
+        )
+        if f
+    ]
     fig_html = [
         pio.to_html(f, full_html=False, include_plotlyjs="inline" if i == 0 else False)
         for i, f in enumerate(figs)

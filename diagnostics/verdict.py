@@ -1,11 +1,12 @@
 """The combined verdict: page (critical) only when independent detector families agree.
 
 Single detectors warn; a page needs at least `verdict_min_families` different families (control
-tokens, structure, outcome, behaviour, exploration, optimisation, length) whose warning conditions
-held within the last `verdict_window` steps. A family counts while its condition holds, not only on
-the step it alerted: a detector alerts once per episode, and a success slide that alerted 8 steps
-ago and is still under way is still evidence. Non-finite values page on their own. Confidence is a
-plain heuristic: the number of agreeing families over three (one 33%, two 67%, three or more 100%).
+tokens, reference probe, structure, outcome, behaviour, exploration, optimisation, length) whose
+warning conditions held within the last `verdict_window` steps. A family counts while its
+condition holds, not only on the step it alerted: a detector alerts once per episode, and a
+success slide that alerted 8 steps ago and is still under way is still evidence. Non-finite values
+page on their own. Confidence is a plain heuristic: the number of agreeing families over three
+(one 33%, two 67%, three or more 100%).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collapsewatch.diagnostics.detector_base import MonitorConfig
 # collapse itself; the control and structure families are the early, format-level evidence.
 _FAMILY_LABEL = {
     "control": "control-token probabilities",
+    "probe": "reference-conversation probe",
     "structure": "structural states",
     "outcome": "task success",
     "behaviour": "tool-call rate",

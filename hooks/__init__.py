@@ -1,7 +1,8 @@
 """collapsewatch.hooks: capture control-token probabilities, entropy and rollouts from a trainer.
 
-`Recorder` is the plain API (any PyTorch loop); `attach` hooks a TRL GRPOTrainer; `verl` and
-`openrlhf` hold adapters for those frameworks. The capture math is importable on its own.
+`Recorder` is the plain API (any PyTorch loop); `attach` hooks a TRL GRPOTrainer; `ControlProbe`
+scores fixed reference conversations after each step; `verl` and `openrlhf` hold adapters for
+those frameworks. The capture math is importable on its own.
 """
 
 from collapsewatch.hooks.capture import (
@@ -17,6 +18,7 @@ from collapsewatch.hooks.control_tokens import (
     resolve_control_tokens,
 )
 from collapsewatch.hooks.positions import position_types
+from collapsewatch.hooks.probe import ControlProbe
 from collapsewatch.hooks.recorder import Recorder
 
 
@@ -30,6 +32,7 @@ def attach(trainer, root="runs", run_name=None, capture="control", stop_on=None,
 
 
 __all__ = [
+    "ControlProbe",
     "ControlTokenSet",
     "Recorder",
     "TokenStats",

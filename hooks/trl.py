@@ -19,6 +19,7 @@ import torch
 
 from collapsewatch.hooks.capture import TOP_K, control_logprobs_from_sampled, head_logits, top_alternatives
 from collapsewatch.hooks.control_tokens import vocab_id
+from collapsewatch.hooks.probe import ControlProbe
 from collapsewatch.hooks.recorder import Recorder
 
 TESTED_TRL = ("1.16", "1.17")  # [low, high): the GRPOTrainer internals this adapter was checked on
@@ -72,10 +73,13 @@ def _version_tested(version: str) -> bool:
 class TRLHandle:
     """What `attach` returns: the recorder, and `detach()` to restore the trainer."""
 
-    def __init__(self, trainer: Any, recorder: Recorder, full_capture: bool) -> None:
+    def __init__(
+        self, trainer: Any, recorder: Recorder, full_capture: bool, probe: ControlProbe | None = None
+    ) -> None:
         self.trainer = trainer
         self.recorder = recorder
         self.full_capture = full_capture
+        self.probe = probe
         self._saved: dict[str, Any] = {}
         self._callback: Any = None
         self._rollouts: dict[int, dict[str, Any]] = {}  # generation id -> rollout columns (local rows)
@@ -362,6 +366,12 @@ class TRLHandle:
             pick = [idxs[n] for n in rows]
             self.recorder.log_rollout(step, seq_index=[seqs[n] for n in rows], **_take(cols, pick))
 
+    def _measure_probe(self, model: Any, state: Any) -> None:
+        """Every rank runs the forward (a sharded model needs all of them); rank 0 logs it."""
+        values = self.probe.measure(self._unwrapped(model))  # type: ignore[union-attr]
+        if state.is_world_process_zero:
+            self.recorder.log_scalars(state.global_step, values)
+
     # ----- callback -------------------------------------------------------------------------------
     def make_callback(self) -> Any:
         from transformers import TrainerCallback
@@ -375,6 +385,8 @@ class TRLHandle:
                 def body() -> None:
                     if handle.paused:
                         return
+                    if handle.probe is not None and kwargs.get("model") is not None:
+                        handle._guard("probe", lambda: handle._measure_probe(kwargs["model"], state))
                     if not control.should_log:  # otherwise on_log ends the step, after TRL's scalars
                         handle.recorder.end_step(state.global_step)
                     if handle.recorder.should_stop:
@@ -447,9 +459,12 @@ def attach(
     run_name: str | None = None,
     capture: str = "control",
     stop_on: str | None = None,
+    probe: ControlProbe | None = None,
     **recorder_kwargs: Any,
 ) -> TRLHandle:
     """Record a TRL GRPOTrainer into `<root>/<run_name>`; returns a handle (`.recorder`, `.detach()`).
+
+    `probe` (a `ControlProbe` of reference conversations) is scored after every optimizer step.
 
     Call before `trainer.train()`. Outside the tested TRL range it warns once and tries (every
     failure is counted, never raised); when the trainer lacks the wrapped methods it records TRL's
@@ -488,7 +503,7 @@ def attach(
         warnings.warn(f"collapsewatch: {reason}", RuntimeWarning, stacklevel=2)
         if recorder.writer is not None:
             recorder.writer.update_meta(trl_capture="full" if full else "scalars_only", trl_warning=reason)
-    handle = TRLHandle(trainer, recorder, full_capture=full)
+    handle = TRLHandle(trainer, recorder, full_capture=full, probe=probe)
     if full:
         handle.install()
     trainer.add_callback(handle.make_callback())

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from collapsewatch.hooks.probe import ControlProbe, ProbeRow
 from collapsewatch.schema import STRUCTURAL_STATES
 from collapsewatch.trainer import env
 from collapsewatch.trainer.batch import collate, completion_logits, grouped_completion_logits, token_logprobs
@@ -22,6 +23,7 @@ from collapsewatch.trainer.recipes import TrainConfig
 from collapsewatch.trainer.recording import RunLog
 from collapsewatch.trainer.rollout import ChatFormat, Rollout, RolloutSpec, expert_rollout, generate
 from collapsewatch.trainer.sft import sft_loss
+from collapsewatch.trainer.tokenizer import CONTROL_TOKENS
 
 try:  # structural states for the progress bar and the states/* scalars, when diagnostics is present
     from collapsewatch.diagnostics.structure import classify_turn
@@ -46,6 +48,7 @@ class GRPOState:
     task_rng: random.Random = field(default_factory=random.Random)
     sample_gen: torch.Generator | None = None
     failed: deque = field(default_factory=lambda: deque(maxlen=4096))  # (step, Task) of failed tasks
+    probe: ControlProbe | None = None  # expert trajectories of held-out tasks (control_probe)
 
     def autocast(self):
         if self.device.type == "cuda":
@@ -194,6 +197,12 @@ def grpo_step(s: GRPOState, step: int) -> dict[str, float]:
         metrics["sft/erroneous_loss"] = err_loss.item()
         metrics["sft/erroneous_tasks"] = float(len(recent))
 
+    # --- 6. the fixed probe: teacher-forced log p of the expert's control tokens, held-out tasks ----
+    t0 = time.perf_counter()
+    if s.probe is not None:  # float32, no autocast: the expert's control tokens sit at log p ~ -1e-4
+        metrics.update(s.probe.measure(s.policy))
+    metrics["time/probe_s"] = time.perf_counter() - t0
+
     metrics = _reduce_over_ranks(metrics, s.world_size, s.device)
     if s.log is not None:
         s.log.rollouts(step, rollouts, advantages)
@@ -224,6 +233,18 @@ class _Accumulator:
 
     def means(self, exclude=()) -> dict[str, float]:
         return {name: self.mean(name) for name in self.sums if name not in exclude}
+
+
+def control_probe(fmt: ChatFormat, num_tasks: int) -> ControlProbe | None:
+    """Expert trajectories of test tasks the evaluation does not use, scored on the policy's tokens."""
+    if num_tasks <= 0:
+        return None
+    experts = [expert_rollout(fmt, t) for t in env.tasks("test", num_tasks, start=10_000)]
+    rows = [
+        ProbeRow(r.prompt_ids + r.completion_ids, [False] * len(r.prompt_ids) + [not m for m in r.tool_mask])
+        for r in experts
+    ]
+    return ControlProbe(fmt.tok, rows, CONTROL_TOKENS)
 
 
 def _structural_state_shares(rollouts: list[Rollout]) -> dict[str, float]:

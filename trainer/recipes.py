@@ -64,6 +64,8 @@ class TrainConfig:
     # fault injection for detector tests (never on in the named recipes)
     fault_lr_spike_at: int = -1  # step from which the LR is multiplied by fault_lr_factor
     fault_lr_factor: float = 10.0
+    # a fixed probe: expert trajectories of held-out tasks, scored teacher-forced after every step
+    probe_tasks: int = 32  # 0: off
     # bookkeeping
     checkpoint_every: int = 25
     eval_tasks: int = 64  # held-out tasks per split, greedy, before and after RL (0: skip)

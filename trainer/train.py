@@ -21,7 +21,7 @@ from collapsewatch.errors import UserError
 from collapsewatch.trainer import env
 from collapsewatch.trainer import model as model_lib
 from collapsewatch.trainer import tokenizer as tokenizer_lib
-from collapsewatch.trainer.grpo import GRPOState, grpo_step
+from collapsewatch.trainer.grpo import GRPOState, control_probe, grpo_step
 from collapsewatch.trainer.recipes import TrainConfig
 from collapsewatch.trainer.recording import RunLog
 from collapsewatch.trainer.rollout import ChatFormat, RolloutSpec, generate
@@ -161,6 +161,7 @@ def train(
     }  # fmt: skip
     log = RunLog(str(out), run_name, fmt, config, rank, world)
     s = GRPOState(cfg, ddp_model, model, ref, opt, fmt, device, log, rank, world, task_rng, sample_gen)
+    s.probe = control_probe(fmt, cfg.probe_tasks)
     if start == 1 and rank == 0 and cfg.eval_tasks > 0:
         warm = evaluate(model, fmt, cfg, device)
         log.update_meta(warm_start_eval=warm)

@@ -3,6 +3,7 @@ and cooldown. Steps are built as (scalars, sequences) the way the Recorder hands
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -19,6 +20,7 @@ from collapsewatch.diagnostics.behaviour_detectors import (
 from collapsewatch.diagnostics.control_spike import ControlTokenSpike
 from collapsewatch.diagnostics.detector_base import MonitorConfig
 from collapsewatch.diagnostics.features import step_features
+from collapsewatch.diagnostics.probe_drift import ProbeDrift
 from collapsewatch.diagnostics.training_detectors import (
     ClipSaturation,
     EntropyCollapse,
@@ -147,8 +149,15 @@ def mismatch_step(rng, bad):
     return {}, seqs_frame(rng, logprob_sum=before, old_logprob_sum=old)
 
 
+def probe_step(rng, bad):
+    # the probe is noise-free, but the weights it reads drift a little every step
+    cost = jitter(rng, 2.5e-4, 0.15) * (100 if bad else 1)
+    return {"probe/logp/</tool_call>": -cost, "probe/logp/<tool_call>": -jitter(rng, 2.5e-4, 0.15)}, None
+
+
 DETECTORS = [
     (ControlTokenSpike, ctrl_step, "control_spike"),
+    (ProbeDrift, probe_step, "probe_drift"),
     (StructuralShift, structure_step, "structural_shift"),
     (BrokenModeGroups, broken_mode_step, "broken_mode_groups"),
     (SuccessCollapse, success_step, "success_collapse"),
@@ -428,3 +437,25 @@ def test_structure_statistics_describe_the_policys_own_samples():
     assert f.get("groups/broken_mode_count") == 3
     assert f.get("groups/broken_mode_frac") == 0.75
     assert f.get("state/broken_rollouts") == 0.75  # 18 of the 24 policy rows (22 of all 32)
+
+
+def test_probe_drift_warns_then_pages_and_names_the_token():
+    """A cost 8x the start warns; 50x pages on its own when probe_page_fold is set (off by default).
+    The reference is the run's first steps: a drift that builds is measured against the start."""
+
+    def replay(config):
+        det, alerts = ProbeDrift(config), []
+        for step in range(60):
+            fold = 1.0 if step < 20 else 8.0 if step < 35 else 50.0
+            scalars = {
+                "probe/logp/</tool_call>": -2.5e-4 * fold * (1 + 0.01 * (step % 3)),
+                "probe/logp/<tool_call>": -3e-4,
+            }
+            alerts += det.update(step_features(step, scalars, None))
+        return alerts
+
+    assert [(a.step, a.severity) for a in replay(CONFIG)] == [(21, "warning")]
+    alerts = replay(dataclasses.replace(CONFIG, probe_page_fold=20.0))
+    assert [(a.step, a.severity) for a in alerts] == [(21, "warning"), (36, "critical")]
+    assert alerts[0].evidence["token"] == "</tool_call>" and alerts[0].family == "probe"
+    assert "</tool_call>" in alerts[1].message and alerts[1].evidence["fold"] >= 45

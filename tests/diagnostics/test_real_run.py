@@ -55,3 +55,6 @@ def test_scan_and_report_on_a_real_trainer_run(real_run, tmp_path):
     html = out.read_text()
     assert 'class="tok"' in html
     assert "#" + str(int(run.tokens(steps=[1]).token_id.iloc[0])) + " " not in html  # tokens decoded, not ids
+    # the trainer scores its reference conversations every step, and the report plots them
+    assert steps["probe/logp/<tool_call>"].notna().all() and (steps["probe/logp_ctrl"] < 0).all()
+    assert "reference conversations: cost of the expert" in html

@@ -267,3 +267,26 @@ def test_trl_scalar_names():
         and out["lr"] == 1e-3
     )
     assert out["trl/epoch"] == 0.5 and "trl/x" not in out
+
+
+def test_probe_is_scored_after_every_optimizer_step(tmp_path):
+    from hooks_trl_helpers import TOOL_CALL, add
+
+    from collapsewatch.hooks.probe import ControlProbe
+
+    trainer = make_trainer(str(tmp_path / "out"), tools=True, steps=3)
+    tok = trainer.processing_class
+    conversation = [
+        {"role": "user", "content": "What is 4 plus 5?"},
+        {"role": "assistant", "content": TOOL_CALL.removesuffix("<|im_end|>")},
+    ]
+    probe = ControlProbe.from_conversations(tok, [conversation], tools=[add])
+    attach(trainer, root=str(tmp_path), run_name="probe", probe=probe)
+    start = probe.measure(trainer.model)
+    trainer.train()
+    steps = open_run(tmp_path / "probe").steps()
+    logged = steps.set_index("step")["probe/logp/<tool_call>"].dropna()
+    assert list(logged.index) == [1, 2, 3]
+    assert logged.nunique() == 3 and logged.iloc[0] != start["probe/logp/<tool_call>"]  # weights moved
+    # measured after the step's update: the last value is the final model's
+    assert logged.iloc[-1] == pytest.approx(probe.measure(trainer.model)["probe/logp/<tool_call>"], abs=1e-6)

@@ -1,0 +1,81 @@
+"""Probe drift: the model unlearns the expert's control tokens on fixed reference conversations.
+
+Input: the `probe/...` scalars a `ControlProbe` writes (teacher-forced log p of the control tokens of
+known-good conversations, hooks/probe.py). Each series is read as a cost, -log p in nats, and compared
+with its median over the run's first `probe_ref_steps` steps: the policy as training found it. The
+probe has no sampling noise, so the comparison needs no robust spread, only a fold change held on
+`persist_k` of the last `persist_n` steps, after the common warm-up. `probe_warn_fold` warns, and
+the probe is its own family in the verdict (it reads the weights, not the samples).
+`probe_page_fold` (off by default) pages on it alone: on the bundled trainer the 100-1000x
+transients that precede some collapses also come in supervised runs that recover.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+from collapsewatch.diagnostics.alerts import Alert
+from collapsewatch.diagnostics.baseline import KofN
+from collapsewatch.diagnostics.detector_base import Detector, MonitorConfig, fmt
+from collapsewatch.diagnostics.features import StepFeatures
+
+PREFIX = "probe/logp/"
+WORST = "probe/logp_ctrl_worst"
+_FIX = (
+    "Likely fix: lower the learning rate, or add supervision that keeps the format (interleave SFT on "
+    "expert trajectories, or replace one rollout per group with an expert one)."
+)
+
+
+class ProbeDrift(Detector):
+    name = "probe_drift"
+    family = "probe"
+
+    def __init__(self, config: MonitorConfig):
+        super().__init__(config)
+        self._early: dict[str, list[float]] = {}
+        self._persist = {level: KofN(config.persist_k, config.persist_n) for level in ("critical", "warning")}
+
+    def update(self, f: StepFeatures) -> list[Alert]:
+        c = self.config
+        folds: dict[str, tuple[float, float, float]] = {}  # series -> (fold, cost, reference cost)
+        for name, logp in f.scalars.items():
+            if not (name.startswith(PREFIX) or name == WORST) or not math.isfinite(logp):
+                continue
+            cost = max(-logp, c.probe_floor)
+            early = self._early.setdefault(name, [])
+            if len(early) < c.probe_ref_steps:
+                early.append(cost)
+                continue
+            reference = statistics.median(early)
+            folds[name] = (cost / reference, cost, reference)
+        self.seen += bool(folds) or any(k.startswith("probe/") for k in f.scalars)
+        if not folds or not self.warmed_up:
+            return []
+        name, (fold, cost, reference) = max(folds.items(), key=lambda kv: kv[1][0])
+        severity = None
+        for level, threshold in (("critical", c.probe_page_fold), ("warning", c.probe_warn_fold)):
+            if self._persist[level].update(0 < threshold <= fold) and severity is None:
+                severity = level
+        if severity is None or not self.holds(f.step, severity):
+            return []
+        ranked = sorted(folds.items(), key=lambda kv: -kv[1][0])
+        tokens = [n.removeprefix(PREFIX) for n, _ in ranked if n.startswith(PREFIX)]
+        token = tokens[0] if tokens else None  # the token that moved most, for the evidence
+        subject = (
+            f"the expert's {token}"
+            if name.startswith(PREFIX)
+            else "each conversation's least likely control token"
+        )
+        moving = [
+            f"{n.removeprefix(PREFIX)}: {fmt(v[0])}x"
+            for n, v in ranked
+            if n.startswith(PREFIX) and v[0] >= c.probe_warn_fold
+        ]
+        msg = (
+            f"On the reference conversations, {subject} costs {fmt(fold)}x the log-loss it had at the start "
+            f"({fmt(reference)} -> {fmt(cost)} nats): training is unlearning the tool-call format before the "
+            f"rollouts show it.{' Moving: ' + ', '.join(moving) + '.' if moving else ''} {_FIX}"
+        )
+        return [self.alert(f, severity, msg, cost, reference, token=token, fold=fold, moving=moving)]

@@ -1,0 +1,133 @@
+"""A fixed probe: teacher-forced log p of control tokens in known-good conversations, after each step.
+
+Sampled rollouts move with the policy and carry sampling noise, so the control-token statistics the
+hooks take from them see a structural token go wrong only once the model samples it wrong. A fixed
+set of reference conversations (a few SFT examples) has neither problem: their log p changes only when
+the weights do. In the bundled trainer's collapsing runs the expert `<tool_call>`/`</tool_call>`
+error rate grew several-fold long before the success rate fell (docs/detection.md, round 7).
+
+Scores only assistant tokens (what the policy writes); returns scalars named `probe/...` for the
+steps table, which the `probe_drift` detector reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from collapsewatch.hooks.control_tokens import CHATML_CONTROL, LLAMA3_CONTROL, vocab_id
+
+
+@dataclass
+class ProbeRow:
+    """One reference conversation as token ids; `scored[t]` is True where token t is the assistant's."""
+
+    ids: list[int]
+    scored: list[bool]
+
+
+class ControlProbe:
+    """Scores reference conversations with a model; `measure(model)` -> `probe/...` scalars."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        rows: Sequence[ProbeRow],
+        control_tokens: Sequence[str] = CHATML_CONTROL + LLAMA3_CONTROL,
+        chunk_size: int = 4,
+    ) -> None:
+        if not rows:
+            raise ValueError("a probe needs at least one reference conversation")
+        self.rows = list(rows)
+        self.chunk_size = max(1, chunk_size)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ids = {t: vocab_id(tokenizer, t) for t in control_tokens}
+        self.control = {token: i for token, i in ids.items() if i is not None}
+
+    @classmethod
+    def from_conversations(
+        cls,
+        tokenizer: Any,
+        conversations: Sequence[Sequence[dict[str, Any]]],
+        tools: list[dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> ControlProbe:
+        """Chat-format conversations (as in SFT data); the tokenizer's chat template lays them out."""
+        return cls(tokenizer, [_row_from_messages(tokenizer, c, tools) for c in conversations], **kwargs)
+
+    @torch.no_grad()
+    def measure(self, model: torch.nn.Module) -> dict[str, float]:
+        """probe/logp_ctrl, probe/logp_ctrl_worst (mean over conversations of the least likely control
+        token), probe/logp_text and probe/logp/<token>: mean teacher-forced log p, nats."""
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            per_row = [self._score(model, chunk, device) for chunk in _chunks(self.rows, self.chunk_size)]
+        finally:
+            model.train(was_training)
+        targets = torch.cat([t for chunk in per_row for t, _ in chunk])
+        logp = torch.cat([lp for chunk in per_row for _, lp in chunk])
+        control_ids = torch.tensor(list(self.control.values()), dtype=torch.long)
+        is_control = torch.isin(targets, control_ids)
+        out: dict[str, float] = {}
+        if (~is_control).any():
+            out["probe/logp_text"] = logp[~is_control].mean().item()
+        if is_control.any():
+            out["probe/logp_ctrl"] = logp[is_control].mean().item()
+            worst = [lp[m].min() for c in per_row for t, lp in c if (m := torch.isin(t, control_ids)).any()]
+            out["probe/logp_ctrl_worst"] = torch.stack(worst).mean().item()
+            for token, token_id in self.control.items():
+                at = targets == token_id
+                if at.any():
+                    out[f"probe/logp/{token}"] = logp[at].mean().item()
+        return out
+
+    def _score(self, model: torch.nn.Module, rows: list[ProbeRow], device: torch.device):  # type: ignore[no-untyped-def]
+        """[(target ids, log p)] per row, at the scored positions only (right-padded batch)."""
+        width = max(len(r.ids) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r.ids)] = torch.tensor(r.ids)
+            attention[i, : len(r.ids)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits
+        out = []
+        for i, r in enumerate(rows):
+            positions = torch.tensor([t for t in range(1, len(r.ids)) if r.scored[t]], dtype=torch.long)
+            if not len(positions):
+                continue
+            rows_logits = logits[i, (positions - 1).to(device)].float()  # position t-1 predicts token t
+            target = ids[i, positions]
+            logp = torch.log_softmax(rows_logits, -1).gather(-1, target.to(device).unsqueeze(-1)).squeeze(-1)
+            out.append((target, logp.cpu()))
+        return out
+
+
+def _chunks(items: list, size: int):  # type: ignore[no-untyped-def]
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _row_from_messages(tokenizer: Any, messages: Sequence[dict[str, Any]], tools: Any) -> ProbeRow:
+    """Token ids of the rendered conversation, scored where a character belongs to an assistant turn
+    (the span between the rendering of the turns before it, plus the generation prompt, and the
+    rendering that includes it)."""
+
+    def render(msgs: Sequence[dict[str, Any]], generation_prompt: bool) -> str:
+        return tokenizer.apply_chat_template(
+            list(msgs), tools=tools, tokenize=False, add_generation_prompt=generation_prompt
+        )
+
+    text = render(messages, False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message.get("role") == "assistant":
+            start, end = len(render(messages[:i], True)), len(render(messages[: i + 1], False))
+            spans.append((start, end))
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    scored = [any(s <= a < e for s, e in spans) for a, _ in encoded["offset_mapping"]]
+    return ProbeRow(list(encoded["input_ids"]), scored)
