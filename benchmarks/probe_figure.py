@@ -4,7 +4,8 @@
 
 Rows: the 5-step success mean (dashed: the collapse onset); the share of broken turns; the cost
 (-log p) of each control token on the reference conversations, as a multiple of its median over the
-first 5 steps (log scale; dotted: the warn and page folds of `probe_drift`). Prints a JSON summary.
+first 5 steps (log scale; dotted: the folds at which `probe_drift` warns, and pages if set). Prints a
+JSON summary.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def main() -> None:
             axes[2, col].plot(t.index, folds[token].clip(lower=0.1), label=token, lw=1)
         axes[2, col].set_yscale("log")
         for fold in (cfg.probe_warn_fold, cfg.probe_page_fold):
-            axes[2, col].axhline(fold, color="grey", ls=":", lw=1)
+            if fold > 0:  # the page fold is 0 (off) by default
+                axes[2, col].axhline(fold, color="grey", ls=":", lw=1)
         for ax in axes[:, col]:
             if onset is not None:
                 ax.axvline(onset, color="black", ls="--", lw=1)
