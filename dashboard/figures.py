@@ -21,6 +21,7 @@ from collapsewatch.diagnostics.features import parse_control_stat
 from collapsewatch.schema import POSITION_TYPES, STRUCTURAL_STATES
 
 REWARD, SUCCESS, ENTROPY, TOOL_CALLS = "reward/mean", "success/rate", "entropy/mean", "tool_calls/per_rollout"
+PROBE_PREFIX = "probe/logp/"
 STATE_COLORS = {
     "healthy_tool_call": "#2e7d32",
     "healthy_response": "#81c784",
@@ -45,6 +46,11 @@ def control_columns(columns: Sequence[str]) -> dict[str, dict[str, dict[str, str
         found.setdefault(position_type, {}).setdefault(token, {})[stat] = col
     order = {p: i for i, p in enumerate((*POSITION_TYPES[1:], POSITION_TYPES[0]))}
     return dict(sorted(found.items(), key=lambda kv: order.get(kv[0], 99)))
+
+
+def probe_columns(columns: Sequence[str]) -> list[str]:
+    """The reference probe's per-token series (hooks/probe.py), sorted."""
+    return sorted(c for c in columns if isinstance(c, str) and c.startswith(PROBE_PREFIX))
 
 
 def _token_color(tokens: list[str], token: str) -> str:
@@ -125,6 +131,9 @@ def overview_figure(snap: RunSnapshot) -> tuple[dict, list[list[str]]]:
     ctrl = control_columns(list(steps.columns))
     titles = ["Reward and success rate", "Structural states (share of turns)"]
     titles += [f"p(control token) at {pt.replace('_', ' ')}: mean line, p99 to max band" for pt in ctrl]
+    probe = probe_columns(list(steps.columns))
+    if probe:
+        titles += ["Reference probe: cost of the expert's control tokens (-log p, nats)"]
     titles += ["Entropy (nats, token mean)", "Tool calls per rollout"]
     rows = len(titles)
     layout = stacked_rows(titles)
@@ -221,6 +230,15 @@ def overview_figure(snap: RunSnapshot) -> tuple[dict, list[list[str]]]:
                 )
         layout[f"yaxis{row}"].update(type="log", exponentformat="power")
 
+    if probe:
+        row = rows - 2
+        for col in probe:
+            token = col.removeprefix(PROBE_PREFIX)
+            x, y = _xy(steps, col)
+            trace = _line(x, [-v for v in y], f"probe {token}", _token_color(snap.control_tokens, token))
+            add(trace, row, "probe", col)
+        layout[f"yaxis{row}"].update(type="log", exponentformat="power")
+
     add(_line(*_xy(steps, ENTROPY), "entropy", "#6a1b9a"), rows - 1, "steps", ENTROPY)
     add(_line(*_xy(steps, TOOL_CALLS), "tool calls", "#00838f"), rows, "steps", TOOL_CALLS)
     layout["yaxis2"]["range"] = [0, 1]
@@ -289,15 +307,17 @@ def overview_delta(
     """New (x, y) points per trace index: steps after `after[source]` (sources: steps, states)."""
     out: dict[int, tuple[list, list]] = {}
     for index, (src, col) in enumerate(specs):
-        if src not in ("steps", "states"):
+        if src not in ("steps", "states", "probe"):
             continue
-        frame = snap.steps if src == "steps" else snap.states
+        frame = snap.states if src == "states" else snap.steps
         if frame is None or frame.empty:
             continue
-        new = frame[frame["step"] > after.get(src, -1)]
+        new = frame[frame["step"] > after.get("states" if src == "states" else "steps", -1)]
         if new.empty:
             continue
         x, y = series(new, col)
+        if src == "probe":  # drawn as a cost, -log p
+            y = -y
         if len(x):
             out[index] = (x.tolist(), y.tolist())
     return out
@@ -327,7 +347,8 @@ def specs_match(snap: RunSnapshot, specs: list[list[str]]) -> bool:
         if s in ("mean", "p99", "max")
     }
     have = {col for src, col in specs if src == "steps" and col.startswith("ctrl/")}
-    return wanted == have
+    probe = {col for src, col in specs if src == "probe"}
+    return wanted == have and set(probe_columns(list(snap.steps.columns))) == probe
 
 
 # --- comparison ------------------------------------------------------------------------------

@@ -122,6 +122,25 @@ def test_delta_sends_only_steps_after_the_cursor() -> None:
     assert figures.overview_delta(snap, specs, {"steps": 9}) == {}
 
 
+def test_probe_row_draws_costs_and_its_delta_follows() -> None:
+    frame = _steps_frame(10)
+    snap = RunSnapshot(name="r", steps=frame)
+    fig, specs = figures.overview_figure(snap)
+    assert not any(src == "probe" for src, _ in specs)  # no probe, no row
+    frame["probe/logp/<tool_call>"] = -np.geomspace(1e-4, 1e-1, 10)  # being unlearned
+    snap = RunSnapshot(name="r", steps=frame)
+    assert not figures.specs_match(snap, specs)  # the new series family rebuilds the figure
+    fig, specs = figures.overview_figure(snap)
+    index = specs.index(["probe", "probe/logp/<tool_call>"])
+    assert fig["data"][index]["y"][0] == pytest.approx(1e-4) and fig["data"][index]["y"][-1] == pytest.approx(
+        0.1
+    )
+    assert any("Reference probe" in a["text"] for a in fig["layout"]["annotations"])
+    delta = figures.overview_delta(snap, specs, {"steps": 8, "states": -1})
+    assert delta[index] == ([9], [pytest.approx(0.1)])
+    assert figures.specs_match(snap, specs)
+
+
 def test_downsampling_keeps_a_one_step_spike() -> None:
     x = np.arange(50_000)
     y = np.random.default_rng(0).normal(0, 0.01, x.size)
