@@ -69,6 +69,8 @@ class ControlProbe:
             per_row = [self._score(model, chunk, device) for chunk in _chunks(self.rows, self.chunk_size)]
         finally:
             model.train(was_training)
+        if not any(per_row):
+            return {}
         targets = torch.cat([t for chunk in per_row for t, _ in chunk])
         logp = torch.cat([lp for chunk in per_row for _, lp in chunk])
         control_ids = torch.tensor(list(self.control.values()), dtype=torch.long)
@@ -126,8 +128,16 @@ def _row_from_messages(tokenizer: Any, messages: Sequence[dict[str, Any]], tools
     spans = []
     for i, message in enumerate(messages):
         if message.get("role") == "assistant":
-            start, end = len(render(messages[:i], True)), len(render(messages[: i + 1], False))
-            spans.append((start, end))
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            before, through = render(messages[:i], True), render(messages[: i + 1], False)
+            if not (text.startswith(before) and text.startswith(through)):
+                raise ValueError(
+                    "the chat template renders a conversation's turns differently once later turns follow "
+                    "(e.g. it drops earlier reasoning): pass ProbeRow token ids with the assistant tokens marked"
+                )
+            spans.append((len(before), len(through)))
+    try:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except NotImplementedError as exc:  # slow (Python) tokenizers have no offsets
+        raise ValueError("ControlProbe.from_conversations needs a fast tokenizer (offsets)") from exc
     scored = [any(s <= a < e for s, e in spans) for a, _ in encoded["offset_mapping"]]
     return ProbeRow(list(encoded["input_ids"]), scored)

@@ -55,5 +55,15 @@ def test_rows_without_control_tokens_and_empty_probes(tok):
     ids = tok("plain words only", add_special_tokens=False)["input_ids"]
     values = ControlProbe(tok, [ProbeRow(ids, [True] * len(ids))]).measure(model)
     assert set(values) == {"probe/logp_text"}
+    assert ControlProbe(tok, [ProbeRow(ids, [False] * len(ids))]).measure(model) == {}  # nothing scored
     with pytest.raises(ValueError, match="at least one"):
         ControlProbe(tok, [])
+
+
+def test_a_template_that_rewrites_earlier_turns_is_refused(tok):
+    import copy
+
+    odd = copy.deepcopy(tok)
+    odd.chat_template = "{% for m in messages %}{% if loop.last %}{{ m['content'] }}{% endif %}{% endfor %}"
+    with pytest.raises(ValueError, match="renders a conversation's turns differently"):
+        ControlProbe.from_conversations(odd, [CONVERSATION])
