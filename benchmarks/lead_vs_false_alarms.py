@@ -46,10 +46,13 @@ OUR_SETTINGS = {
     "C, no groups": {"broken_mode_min_groups": 999},
     "D": {"structure_cusum_k": 1.5, "structure_cusum_h": 5.0, "structure_min_rise": 0.15},
     "any 2 families": {"verdict_requires": ()},
-    # round 7: the reference probe pages on its own (only runs with probe/* scalars can differ)
+}  # fmt: skip
+# Round 7's alternatives (the reference probe paging alone) differ only on runs that have a probe;
+# score them on such runs with `--probe-settings` (docs/detection.md, "Round 7").
+PROBE_SETTINGS = {
     "probe pages at 20x": {"probe_page_fold": 20.0},
     "probe pages at 100x": {"probe_page_fold": 100.0},
-}  # fmt: skip
+}
 
 
 def score(alarms: dict[str, int | None], onsets: dict[str, int | None], collapsing: set[str]) -> dict:
@@ -93,13 +96,13 @@ def plot(ours: list[dict], baseline: list[dict], edge: list[dict], path: Path) -
             color="tab:gray", drawstyle="steps-post", label="scalar baseline, best settings")  # fmt: skip
     shown = sorted((q for q in ours if q["median_lead_steps"] is not None),
                    key=lambda q: (q["median_lead_steps"], q["false_alarm_share"]))  # fmt: skip
-    for i, p in enumerate(shown):  # labels alternate below/above so neighbours do not overlap
+    for p in shown:  # labels level with their point, to its right (points at one x differ in lead)
         default = p["setting"] == "C (default)"
         ax.scatter(p["false_alarm_share"], p["median_lead_steps"], s=60 if default else 30,
                    color="tab:blue", marker="*" if default else "o", zorder=3)  # fmt: skip
         ax.annotate(f"{p['setting']} ({p['detected_by_onset']}/{p['collapsed_runs']})",
                     (p["false_alarm_share"], p["median_lead_steps"]), fontsize=7,
-                    xytext=(4, 4 if i % 2 else -10), textcoords="offset points")  # fmt: skip
+                    xytext=(6, 0), textcoords="offset points", va="center")  # fmt: skip
     ax.axhline(0, color="black", lw=0.5)
     ax.set_xlabel("share of runs that never collapsed which were paged (false alarms)")
     ax.set_ylabel("median lead over the collapse onset (steps)")
@@ -118,6 +121,7 @@ def main() -> None:
     ap.add_argument("--stable", nargs="+", default=["interleaved", "off-policy", "sync-sft"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--plot", default="", help="PNG path for the plot ('' for none)")
+    ap.add_argument("--probe-settings", action="store_true", help="also score round 7's probe alternatives")
     args = ap.parse_args()
 
     root = Path(args.root)
@@ -138,7 +142,8 @@ def main() -> None:
         onsets[name] = collapse_onset(t["step"].to_numpy(), success_of(t)[0])
 
     ours = []
-    for setting, overrides in track(OUR_SETTINGS.items(), description="our settings"):
+    settings = OUR_SETTINGS | (PROBE_SETTINGS if args.probe_settings else {})
+    for setting, overrides in track(settings.items(), description="our settings"):
         alarms = {n: scan(p, config=overrides).first_critical_step for n, p in paths.items()}
         ours.append({"setting": setting, **score(alarms, onsets, collapsing)})
     baseline = []
