@@ -19,14 +19,15 @@ import pandas as pd
 
 from collapsewatch.diagnostics.detector_base import MonitorConfig
 from collapsewatch.diagnostics.onset import collapse_onset
+from collapsewatch.schema import parse_probe_token
 from collapsewatch.store.reader import open_run
 
 
 def probe_folds(steps: pd.DataFrame, ref_steps: int) -> pd.DataFrame:
     """Per control token, -log p over its median over the first `ref_steps` steps."""
-    cols = [c for c in steps.columns if c.startswith("probe/logp/")]
+    cols = [c for c in steps.columns if parse_probe_token(c) is not None]
     cost = -steps[cols]
-    return (cost / cost.iloc[:ref_steps].median()).rename(columns=lambda c: c.removeprefix("probe/logp/"))
+    return (cost / cost.iloc[:ref_steps].median()).rename(columns=parse_probe_token)
 
 
 def main() -> None:

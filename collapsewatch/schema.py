@@ -188,9 +188,24 @@ SCALARS = {
     "tokens/count": "generated tokens seen by the hook this step",
     # ctrl/<token>/<position_type>/{mean,p99,max,unexpected_mean,unexpected_max,count}:
     # probability statistics of each control token per position type, written by the hook.
+    "probe/logp_ctrl": "reference probe (hooks/probe.py): mean teacher-forced log p of the control tokens, nats",
+    "probe/logp_ctrl_worst": "reference probe: per conversation the least likely control token's log p, averaged",
+    "probe/logp_text": "reference probe: mean log p of the other assistant tokens, nats",
+    # probe/logp/<token>: the reference probe's mean log p of one control token (probe_token_name).
 }
+PROBE_TOKEN_PREFIX = "probe/logp/"
 
 
 def control_stat_name(token: str, position_type: str, stat: str) -> str:
     """Steps-table name of a control-token statistic (probabilities, not logs)."""
     return f"ctrl/{token}/{position_type}/{stat}"
+
+
+def probe_token_name(token: str) -> str:
+    """Steps-table name of the reference probe's log p of one control token."""
+    return PROBE_TOKEN_PREFIX + token
+
+
+def parse_probe_token(name: str) -> str | None:
+    """The control token of a `probe_token_name`, else None."""
+    return name.removeprefix(PROBE_TOKEN_PREFIX) if name.startswith(PROBE_TOKEN_PREFIX) else None

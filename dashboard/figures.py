@@ -18,10 +18,9 @@ import plotly.graph_objects as go
 from collapsewatch.dashboard.downsample import MAX_POINTS, downsample_together, keep_indices
 from collapsewatch.dashboard.runcache import RunSnapshot, series
 from collapsewatch.diagnostics.features import parse_control_stat
-from collapsewatch.schema import POSITION_TYPES, STRUCTURAL_STATES
+from collapsewatch.schema import POSITION_TYPES, STRUCTURAL_STATES, parse_probe_token
 
 REWARD, SUCCESS, ENTROPY, TOOL_CALLS = "reward/mean", "success/rate", "entropy/mean", "tool_calls/per_rollout"
-PROBE_PREFIX = "probe/logp/"
 STATE_COLORS = {
     "healthy_tool_call": "#2e7d32",
     "healthy_response": "#81c784",
@@ -50,7 +49,7 @@ def control_columns(columns: Sequence[str]) -> dict[str, dict[str, dict[str, str
 
 def probe_columns(columns: Sequence[str]) -> list[str]:
     """The reference probe's per-token series (hooks/probe.py), sorted."""
-    return sorted(c for c in columns if isinstance(c, str) and c.startswith(PROBE_PREFIX))
+    return sorted(c for c in columns if isinstance(c, str) and parse_probe_token(c) is not None)
 
 
 def _token_color(tokens: list[str], token: str) -> str:
@@ -233,7 +232,7 @@ def overview_figure(snap: RunSnapshot) -> tuple[dict, list[list[str]]]:
     if probe:
         row = rows - 2
         for col in probe:
-            token = col.removeprefix(PROBE_PREFIX)
+            token = parse_probe_token(col)
             x, y = _xy(steps, col)
             trace = _line(x, [-v for v in y], f"probe {token}", _token_color(snap.control_tokens, token))
             add(trace, row, "probe", col)

@@ -19,8 +19,8 @@ from collapsewatch.diagnostics.alerts import Alert
 from collapsewatch.diagnostics.baseline import KofN
 from collapsewatch.diagnostics.detector_base import Detector, MonitorConfig, fmt
 from collapsewatch.diagnostics.features import StepFeatures
+from collapsewatch.schema import parse_probe_token
 
-PREFIX = "probe/logp/"
 WORST = "probe/logp_ctrl_worst"
 _FIX = (
     "Likely fix: lower the learning rate, or add supervision that keeps the format (interleave SFT on "
@@ -40,8 +40,12 @@ class ProbeDrift(Detector):
     def update(self, f: StepFeatures) -> list[Alert]:
         c = self.config
         folds: dict[str, tuple[float, float, float]] = {}  # series -> (fold, cost, reference cost)
+        seen_probe = False
         for name, logp in f.scalars.items():
-            if not (name.startswith(PREFIX) or name == WORST) or not math.isfinite(logp):
+            if parse_probe_token(name) is None and name != WORST:
+                continue
+            seen_probe = True
+            if not math.isfinite(logp):
                 continue
             cost = max(-logp, c.probe_floor)
             early = self._early.setdefault(name, [])
@@ -50,29 +54,23 @@ class ProbeDrift(Detector):
                 continue
             reference = statistics.median(early)
             folds[name] = (cost / reference, cost, reference)
-        self.seen += bool(folds) or any(k.startswith("probe/") for k in f.scalars)
+        self.seen += seen_probe
         if not folds or not self.warmed_up:
             return []
-        name, (fold, cost, reference) = max(folds.items(), key=lambda kv: kv[1][0])
+        ranked = sorted(folds.items(), key=lambda kv: -kv[1][0])
+        name, (fold, cost, reference) = ranked[0]
         severity = None
         for level, threshold in (("critical", c.probe_page_fold), ("warning", c.probe_warn_fold)):
             if self._persist[level].update(0 < threshold <= fold) and severity is None:
                 severity = level
         if severity is None or not self.holds(f.step, severity):
             return []
-        ranked = sorted(folds.items(), key=lambda kv: -kv[1][0])
-        tokens = [n.removeprefix(PREFIX) for n, _ in ranked if n.startswith(PREFIX)]
-        token = tokens[0] if tokens else None  # the token that moved most, for the evidence
+        by_token = [(parse_probe_token(n), v[0]) for n, v in ranked if n != WORST]
+        token = by_token[0][0] if by_token else None  # the token that moved most, for the evidence
         subject = (
-            f"the expert's {token}"
-            if name.startswith(PREFIX)
-            else "each conversation's least likely control token"
+            "each conversation's least likely control token" if name == WORST else f"the expert's {token}"
         )
-        moving = [
-            f"{n.removeprefix(PREFIX)}: {fmt(v[0])}x"
-            for n, v in ranked
-            if n.startswith(PREFIX) and v[0] >= c.probe_warn_fold
-        ]
+        moving = [f"{t}: {fmt(v)}x" for t, v in by_token if v >= c.probe_warn_fold]
         msg = (
             f"On the reference conversations, {subject} costs {fmt(fold)}x the log-loss it had at the start "
             f"({fmt(reference)} -> {fmt(cost)} nats): training is unlearning the tool-call format before the "

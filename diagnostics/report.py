@@ -18,6 +18,7 @@ from collapsewatch.diagnostics.detector_base import step_word
 from collapsewatch.diagnostics.features import parse_control_stat
 from collapsewatch.diagnostics.scan import Findings, open_any_run, per_step_scalars, scan
 from collapsewatch.diagnostics.structure import summarize_rollout
+from collapsewatch.schema import parse_probe_token
 
 _SEV_COLOUR = {"info": "#4c9be8", "warning": "#f0a020", "critical": "#d62728"}
 _STATE_COLOUR = {
@@ -139,8 +140,9 @@ def _fig_probe(per_step: dict[int, dict[str, float]], findings: Findings):
     rows: dict[str, dict[int, float]] = {}
     for step, scalars in per_step.items():
         for name, v in scalars.items():
-            if name.startswith("probe/logp/") and math.isfinite(v):
-                rows.setdefault(name.removeprefix("probe/logp/"), {})[step] = max(-v, 1e-9)
+            token = parse_probe_token(name)
+            if token is not None and math.isfinite(v):
+                rows.setdefault(token, {})[step] = max(-v, 1e-9)
     if not rows:
         return None
     fig = go.Figure()

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from collapsewatch.hooks.control_tokens import CHATML_CONTROL, LLAMA3_CONTROL, vocab_id
+from collapsewatch.schema import probe_token_name
 
 
 @dataclass
@@ -66,26 +67,32 @@ class ControlProbe:
         was_training = model.training
         model.eval()
         try:
-            per_row = [self._score(model, chunk, device) for chunk in _chunks(self.rows, self.chunk_size)]
+            scored = [
+                pair
+                for chunk in _chunks(self.rows, self.chunk_size)
+                for pair in self._score(model, chunk, device)
+            ]
         finally:
             model.train(was_training)
-        if not any(per_row):
+        if not scored:
             return {}
-        targets = torch.cat([t for chunk in per_row for t, _ in chunk])
-        logp = torch.cat([lp for chunk in per_row for _, lp in chunk])
         control_ids = torch.tensor(list(self.control.values()), dtype=torch.long)
+        targets = torch.cat([t for t, _ in scored])
+        logp = torch.cat([lp for _, lp in scored])
         is_control = torch.isin(targets, control_ids)
         out: dict[str, float] = {}
         if (~is_control).any():
             out["probe/logp_text"] = logp[~is_control].mean().item()
         if is_control.any():
             out["probe/logp_ctrl"] = logp[is_control].mean().item()
-            worst = [lp[m].min() for c in per_row for t, lp in c if (m := torch.isin(t, control_ids)).any()]
+            # per conversation, its least likely control token (conversations without one are skipped)
+            row_control = torch.split(is_control, [len(t) for t, _ in scored])
+            worst = [lp[m].min() for (_, lp), m in zip(scored, row_control, strict=True) if m.any()]
             out["probe/logp_ctrl_worst"] = torch.stack(worst).mean().item()
             for token, token_id in self.control.items():
                 at = targets == token_id
                 if at.any():
-                    out[f"probe/logp/{token}"] = logp[at].mean().item()
+                    out[probe_token_name(token)] = logp[at].mean().item()
         return out
 
     def _score(self, model: torch.nn.Module, rows: list[ProbeRow], device: torch.device):  # type: ignore[no-untyped-def]

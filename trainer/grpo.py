@@ -198,10 +198,10 @@ def grpo_step(s: GRPOState, step: int) -> dict[str, float]:
         metrics["sft/erroneous_tasks"] = float(len(recent))
 
     # --- 6. the fixed probe: teacher-forced log p of the expert's control tokens, held-out tasks ----
-    t0 = time.perf_counter()
     if s.probe is not None:  # float32, no autocast: the expert's control tokens sit at log p ~ -1e-4
+        t0 = time.perf_counter()
         metrics.update(s.probe.measure(s.policy))
-    metrics["time/probe_s"] = time.perf_counter() - t0
+        metrics["time/probe_s"] = time.perf_counter() - t0
 
     metrics = _reduce_over_ranks(metrics, s.world_size, s.device)
     if s.log is not None:

@@ -45,7 +45,7 @@ def test_probe_sees_a_taught_structure_and_is_deterministic(tok):
     model.train()
     after = probe.measure(model)
     assert model.training  # measure restores the mode it found
-    assert after["probe/logp/<tool_call>"] > -0.5 > -3 > before["probe/logp/<tool_call>"]
+    assert after["probe/logp/<tool_call>"] > -0.5 and before["probe/logp/<tool_call>"] < -3
     assert after["probe/logp_ctrl_worst"] <= after["probe/logp_ctrl"] <= 0
     assert {"probe/logp/</tool_call>", "probe/logp/<|im_end|>", "probe/logp_text"} <= set(after)
 
