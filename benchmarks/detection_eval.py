@@ -316,13 +316,14 @@ def _paired_difference(collapsed: list[dict]) -> dict | None:
 
 
 def _probe_summary(per_run: list[dict]) -> dict | None:
-    """The reference-probe detector on the runs that have a probe: how early it warns, and where."""
+    """The reference-probe detectors on the runs that have a probe: how early they warn, and where."""
     probed = [r for r in per_run if r["has_probe"]]
     if not probed:
         return None
     collapsed = [r for r in probed if r["kind"] == "collapsing" and r["onset"] is not None]
     quiet = [r for r in probed if r["kind"] == "stable" and r["onset"] is None]
     warned = [r for r in collapsed if r["first_probe_alert"] is not None]
+    drifted = [r["onset"] - r["first_text_drift"] for r in collapsed if r["first_text_drift"] is not None]
     by_onset = [r["onset"] - r["first_probe_alert"] for r in warned]
     by_format = [r["format_onset"] - r["first_probe_alert"] for r in warned if r["format_onset"] is not None]
     return {
@@ -333,6 +334,9 @@ def _probe_summary(per_run: list[dict]) -> dict | None:
         "median_probe_lead_over_format_onset": float(np.median(by_format)) if by_format else None,
         "never_collapsed_stable_runs": len(quiet),
         "never_collapsed_stable_runs_warned": sum(r["first_probe_alert"] is not None for r in quiet),
+        "collapsing_runs_text_drift_by_onset": sum(v >= 0 for v in drifted),
+        "median_text_drift_lead_over_onset": float(np.median(drifted)) if drifted else None,
+        "never_collapsed_stable_runs_text_drift": sum(r["first_text_drift"] is not None for r in quiet),
     }
 
 
@@ -421,6 +425,7 @@ def main() -> None:
                     "first_control_move": min((st for n, (st, _) in moves.items() if n.startswith("ctrl/")), default=None),
                     "has_probe": any(c.startswith("probe/") for c in t.columns),
                     "first_probe_alert": min((a.step for a in findings.alerts if a.detector == "probe_drift" and a.rank >= 1), default=None),
+                    "first_text_drift": min((a.step for a in findings.alerts if a.detector == "probe_text_drift"), default=None),
                     "baseline_alarm": base, "baseline_lead": None if onset is None or base is None else onset - base,
                     "critical_detectors": sorted({a.detector for a in findings.alerts if a.severity == "critical"}),
                     "first_alerts": [(a.step, a.detector) for a in findings.alerts if a.rank >= 1][:6],

@@ -36,22 +36,29 @@ from rich.progress import track
 from collapsewatch.diagnostics.onset import collapse_onset
 from collapsewatch.diagnostics.scan import scan
 
-# Our settings (docs/detection.md, "The trade-off"); {} is the shipped default. A-D: structure CUSUM
-# slack k, threshold h and minimum rise; "C, no groups" leaves out broken_mode_groups; "any 2 families"
-# drops the verdict's requirement that the structure family be one of the agreeing families.
+# Our settings (docs/detection.md, "The trade-off"); {} is the shipped default (round 8: setting D,
+# plus the expert-text drift gate on runs with a reference probe). A-C: structure CUSUM slack k,
+# threshold h and minimum rise, without the gate; "any 2 families" also drops the verdict's
+# requirement that the structure family be one of the agreeing families.
+NO_GATE = {"verdict_requires_if_seen": ()}
 OUR_SETTINGS = {
-    "A": {"structure_cusum_k": 0.5, "structure_cusum_h": 5.0, "structure_min_rise": 0.10},
-    "B": {"structure_cusum_k": 1.0, "structure_cusum_h": 5.0, "structure_min_rise": 0.15},
-    "C (default)": {},
-    "C, no groups": {"broken_mode_min_groups": 999},
-    "D": {"structure_cusum_k": 1.5, "structure_cusum_h": 5.0, "structure_min_rise": 0.15},
-    "any 2 families": {"verdict_requires": ()},
+    "A": {"structure_cusum_k": 0.5, "structure_cusum_h": 5.0, "structure_min_rise": 0.10, **NO_GATE},
+    "B": {"structure_cusum_k": 1.0, "structure_cusum_h": 5.0, **NO_GATE},
+    "C (round 7 default)": {"structure_cusum_k": 1.0, "structure_cusum_h": 8.0, **NO_GATE},
+    "D (default)": {},
+    "any 2 families": {"verdict_requires": (), **NO_GATE},
 }  # fmt: skip
-# Round 7's alternatives (the reference probe paging alone) differ only on runs that have a probe;
-# score them on such runs with `--probe-settings` (docs/detection.md, "Round 7").
+# Alternatives that differ only on runs with a reference probe; score them on such runs with
+# `--probe-settings`. Round 7's: the probe paging alone. Round 8's, named before its held-out runs
+# were scored (docs/detection.md, "Round 8"): the default without its gate, the gate on round 7's
+# CUSUM, the gate at 1.5x, and the drift family with any other family (structure not required).
 PROBE_SETTINGS = {
-    "probe pages at 20x": {"probe_page_fold": 20.0},
-    "probe pages at 100x": {"probe_page_fold": 100.0},
+    "probe pages at 20x": {"probe_page_fold": 20.0, **NO_GATE},
+    "probe pages at 100x": {"probe_page_fold": 100.0, **NO_GATE},
+    "D, no text gate": NO_GATE,
+    "C + text gate": {"structure_cusum_k": 1.0, "structure_cusum_h": 8.0},
+    "D, text gate at 1.5x": {"probe_text_fold": 1.5},
+    "text drift + any family": {"verdict_requires": ()},
 }
 
 
@@ -121,7 +128,9 @@ def main() -> None:
     ap.add_argument("--stable", nargs="+", default=["interleaved", "off-policy", "sync-sft"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--plot", default="", help="PNG path for the plot ('' for none)")
-    ap.add_argument("--probe-settings", action="store_true", help="also score round 7's probe alternatives")
+    ap.add_argument(
+        "--probe-settings", action="store_true", help="also score the probe alternatives of rounds 7 and 8"
+    )
     args = ap.parse_args()
 
     root = Path(args.root)

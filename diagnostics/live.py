@@ -25,7 +25,7 @@ from collapsewatch.diagnostics.behaviour_detectors import (
 from collapsewatch.diagnostics.control_spike import ControlTokenSpike
 from collapsewatch.diagnostics.detector_base import Detector, MonitorConfig
 from collapsewatch.diagnostics.features import StepFeatures, step_features
-from collapsewatch.diagnostics.probe_drift import ProbeDrift
+from collapsewatch.diagnostics.probe_drift import ProbeDrift, ProbeTextDrift
 from collapsewatch.diagnostics.sinks import Sink
 from collapsewatch.diagnostics.training_detectors import (
     ClipSaturation,
@@ -53,6 +53,7 @@ def build_detectors(config: MonitorConfig, control_tokens: list[str] | None = No
     return [
         ControlTokenSpike(config, control_tokens),
         ProbeDrift(config),
+        ProbeTextDrift(config),
         StructuralShift(config),
         BrokenModeGroups(config),
         SuccessCollapse(config),

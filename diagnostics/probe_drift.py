@@ -8,6 +8,12 @@ probe has no sampling noise, so the comparison needs no robust spread, only a fo
 the probe is its own family in the verdict (it reads the weights, not the samples).
 `probe_page_fold` (off by default) pages on it alone: on the bundled trainer the 100-1000x
 transients that precede some collapses also come in supervised runs that recover.
+
+`ProbeTextDrift` reads the same conversations' ordinary (non-control) tokens, `probe/logp_text`.
+Its own family, "drift": the control tokens move in bursts in every run of the bundled trainer,
+while the expert's text cost passed 2x its start mostly in runs without supervision that went on
+to collapse (docs/detection.md, rounds 7 and 8). The verdict requires this family when the run
+has a probe (`verdict_requires_if_seen`).
 """
 
 from __future__ import annotations
@@ -22,10 +28,32 @@ from collapsewatch.diagnostics.features import StepFeatures
 from collapsewatch.schema import parse_probe_token
 
 WORST = "probe/logp_ctrl_worst"
+TEXT = "probe/logp_text"
 _FIX = (
     "Likely fix: lower the learning rate, or add supervision that keeps the format (interleave SFT on "
     "expert trajectories, or replace one rollout per group with an expert one)."
 )
+
+
+class _StartReference:
+    """Fold change of a probe series' cost (-log p, nats) over its median in the first steps."""
+
+    def __init__(self, config: MonitorConfig):
+        self.config = config
+        self._early: dict[str, list[float]] = {}
+
+    def fold(self, name: str, logp: float) -> tuple[float, float, float] | None:
+        """(fold, cost, reference cost), or None while the reference is still being gathered."""
+        c = self.config
+        if not math.isfinite(logp):
+            return None
+        cost = max(-logp, c.probe_floor)
+        early = self._early.setdefault(name, [])
+        if len(early) < c.probe_ref_steps:
+            early.append(cost)
+            return None
+        reference = statistics.median(early)
+        return cost / reference, cost, reference
 
 
 class ProbeDrift(Detector):
@@ -34,7 +62,7 @@ class ProbeDrift(Detector):
 
     def __init__(self, config: MonitorConfig):
         super().__init__(config)
-        self._early: dict[str, list[float]] = {}
+        self._reference = _StartReference(config)
         self._persist = {level: KofN(config.persist_k, config.persist_n) for level in ("critical", "warning")}
 
     def update(self, f: StepFeatures) -> list[Alert]:
@@ -45,15 +73,9 @@ class ProbeDrift(Detector):
             if parse_probe_token(name) is None and name != WORST:
                 continue
             seen_probe = True
-            if not math.isfinite(logp):
-                continue
-            cost = max(-logp, c.probe_floor)
-            early = self._early.setdefault(name, [])
-            if len(early) < c.probe_ref_steps:
-                early.append(cost)
-                continue
-            reference = statistics.median(early)
-            folds[name] = (cost / reference, cost, reference)
+            measured = self._reference.fold(name, logp)
+            if measured is not None:
+                folds[name] = measured
         self.seen += seen_probe
         if not folds or not self.warmed_up:
             return []
@@ -77,3 +99,35 @@ class ProbeDrift(Detector):
             f"rollouts show it.{' Moving: ' + ', '.join(moving) + '.' if moving else ''} {_FIX}"
         )
         return [self.alert(f, severity, msg, cost, reference, token=token, fold=fold, moving=moving)]
+
+
+class ProbeTextDrift(Detector):
+    """The expert's ordinary tokens cost `probe_text_fold` x their start: the policy is leaving the
+    expert's language, not only its format (what supervision prevents)."""
+
+    name = "probe_text_drift"
+    family = "drift"
+
+    def __init__(self, config: MonitorConfig):
+        super().__init__(config)
+        self._reference = _StartReference(config)
+        self._persist = KofN(config.persist_k, config.persist_n)
+
+    def update(self, f: StepFeatures) -> list[Alert]:
+        c = self.config
+        if TEXT not in f.scalars:
+            return []
+        self.seen += 1
+        measured = self._reference.fold(TEXT, f.scalars[TEXT])
+        if measured is None or not self.warmed_up:
+            return []
+        fold, cost, reference = measured
+        if not self._persist.update(0 < c.probe_text_fold <= fold):
+            return []
+        msg = (
+            f"On the reference conversations, the expert's ordinary (non-control) tokens cost {fmt(fold)}x "
+            f"the log-loss they had at the start ({fmt(reference)} -> {fmt(cost)} nats): the policy is "
+            f"drifting away from the expert's language as a whole, which supervised runs did not do. {_FIX}"
+        )
+        alert = self.emit(f, "warning", msg, cost, reference, fold=fold)
+        return [alert] if alert else []

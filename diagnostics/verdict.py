@@ -1,9 +1,11 @@
 """The combined verdict: page (critical) only when independent detector families agree.
 
 Single detectors warn; a page needs at least `verdict_min_families` different families (control
-tokens, reference probe, structure, outcome, behaviour, exploration, optimisation, length) whose
-warning conditions held within the last `verdict_window` steps. A family counts while its
-condition holds, not only on the step it alerted: a detector alerts once per episode, and a
+tokens, reference probe, expert-text drift, structure, outcome, behaviour, exploration,
+optimisation, length) whose warning conditions held within the last `verdict_window` steps, among
+them every family in `verdict_requires` and, when the run has data for it, in
+`verdict_requires_if_seen` (a run without a reference probe is judged without the drift family).
+A family counts while its condition holds, not only on the step it alerted: a detector alerts once per episode, and a
 success slide that alerted 8 steps ago and is still under way is still evidence. Non-finite values
 page on their own. Confidence is a plain heuristic: the number of agreeing families over three
 (one 33%, two 67%, three or more 100%).
@@ -21,6 +23,7 @@ from collapsewatch.diagnostics.detector_base import MonitorConfig
 _FAMILY_LABEL = {
     "control": "control-token probabilities",
     "probe": "reference-conversation probe",
+    "drift": "expert-text drift on the probe",
     "structure": "structural states",
     "outcome": "task success",
     "behaviour": "tool-call rate",
@@ -65,7 +68,8 @@ class CombinedVerdict:
         recent = {name: fs for name, fs in self.active.items() if step - fs[1] < c.verdict_window}
         agreeing = sorted({family for family, _ in recent.values()})
         self.confidence = min(1.0, len(agreeing) / 3.0)
-        if len(agreeing) < c.verdict_min_families or not set(c.verdict_requires) <= set(agreeing):
+        required = set(c.verdict_requires) | (set(c.verdict_requires_if_seen) & self.families_seen)
+        if len(agreeing) < c.verdict_min_families or not required <= set(agreeing):
             return []
         if self.last_page is not None and step - self.last_page < c.verdict_cooldown:
             return []

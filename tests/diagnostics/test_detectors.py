@@ -20,7 +20,7 @@ from collapsewatch.diagnostics.behaviour_detectors import (
 from collapsewatch.diagnostics.control_spike import ControlTokenSpike
 from collapsewatch.diagnostics.detector_base import MonitorConfig
 from collapsewatch.diagnostics.features import step_features
-from collapsewatch.diagnostics.probe_drift import ProbeDrift
+from collapsewatch.diagnostics.probe_drift import ProbeDrift, ProbeTextDrift
 from collapsewatch.diagnostics.training_detectors import (
     ClipSaturation,
     EntropyCollapse,
@@ -155,9 +155,15 @@ def probe_step(rng, bad):
     return {"probe/logp/</tool_call>": -cost, "probe/logp/<tool_call>": -jitter(rng, 2.5e-4, 0.15)}, None
 
 
+def probe_text_step(rng, bad):
+    # the expert's ordinary tokens: ~0.8 nats each, a few percent of drift from step to step
+    return {"probe/logp_text": -jitter(rng, 0.8, 0.05) * (3 if bad else 1)}, None
+
+
 DETECTORS = [
     (ControlTokenSpike, ctrl_step, "control_spike"),
     (ProbeDrift, probe_step, "probe_drift"),
+    (ProbeTextDrift, probe_text_step, "probe_text_drift"),
     (StructuralShift, structure_step, "structural_shift"),
     (BrokenModeGroups, broken_mode_step, "broken_mode_groups"),
     (SuccessCollapse, success_step, "success_collapse"),
@@ -378,6 +384,29 @@ def test_verdict_pages_only_when_the_format_itself_breaks():
     assert set(page[0].evidence["families"]) == {"control", "outcome", "structure", "optimization"}
     loose = CombinedVerdict(MonitorConfig(verdict_requires=()))
     assert loose.update(30, [warn(30, "control"), warn(30, "outcome")], families)
+
+
+def test_verdict_requires_text_drift_only_in_runs_with_a_probe():
+    """With a reference probe, structure plus control tokens is not enough: the expert's text must
+    have drifted too (supervised runs repair format excursions without it). A run without the
+    probe's text series is judged by structure and any other family, as before."""
+    from collapsewatch.diagnostics.alerts import Alert
+    from collapsewatch.diagnostics.verdict import CombinedVerdict
+
+    def warn(step, family):
+        return Alert(step=step, detector=family, severity="warning", message="m", family=family)
+
+    probed = CombinedVerdict(MonitorConfig())
+    with_probe = {"control", "structure", "probe", "drift"}
+    assert probed.update(30, [warn(30, "control"), warn(30, "structure"), warn(30, "probe")], with_probe) == []
+    page = probed.update(31, [warn(31, "structure"), warn(31, "drift")], with_probe)
+    assert page and set(page[0].evidence["families"]) == {"control", "drift", "probe", "structure"}
+
+    unprobed = CombinedVerdict(MonitorConfig())
+    page = unprobed.update(30, [warn(30, "control"), warn(30, "structure")], {"control", "structure"})
+    assert page and set(page[0].evidence["families"]) == {"control", "structure"}
+    ungated = CombinedVerdict(MonitorConfig(verdict_requires_if_seen=()))
+    assert ungated.update(30, [warn(30, "control"), warn(30, "structure")], with_probe)
 
 
 def test_verdict_counts_a_family_while_its_condition_holds():
