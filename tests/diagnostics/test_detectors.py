@@ -398,7 +398,9 @@ def test_verdict_requires_text_drift_only_in_runs_with_a_probe():
 
     probed = CombinedVerdict(MonitorConfig())
     with_probe = {"control", "structure", "probe", "drift"}
-    assert probed.update(30, [warn(30, "control"), warn(30, "structure"), warn(30, "probe")], with_probe) == []
+    assert (
+        probed.update(30, [warn(30, "control"), warn(30, "structure"), warn(30, "probe")], with_probe) == []
+    )
     page = probed.update(31, [warn(31, "structure"), warn(31, "drift")], with_probe)
     assert page and set(page[0].evidence["families"]) == {"control", "drift", "probe", "structure"}
 
