@@ -194,6 +194,9 @@ SCALARS = {
     # probe/logp/<token>: the reference probe's mean log p of one control token (probe_token_name).
 }
 PROBE_TOKEN_PREFIX = "probe/logp/"
+PROBE_CTRL = "probe/logp_ctrl"
+PROBE_CTRL_WORST = "probe/logp_ctrl_worst"
+PROBE_TEXT = "probe/logp_text"
 
 
 def control_stat_name(token: str, position_type: str, stat: str) -> str:

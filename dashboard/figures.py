@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from collapsewatch.dashboard.downsample import MAX_POINTS, downsample_together, keep_indices
 from collapsewatch.dashboard.runcache import RunSnapshot, series
 from collapsewatch.diagnostics.features import parse_control_stat
-from collapsewatch.schema import POSITION_TYPES, STRUCTURAL_STATES, parse_probe_token
+from collapsewatch.schema import POSITION_TYPES, PROBE_TEXT, STRUCTURAL_STATES, parse_probe_token
 
 REWARD, SUCCESS, ENTROPY, TOOL_CALLS = "reward/mean", "success/rate", "entropy/mean", "tool_calls/per_rollout"
 STATE_COLORS = {
@@ -48,8 +48,10 @@ def control_columns(columns: Sequence[str]) -> dict[str, dict[str, dict[str, str
 
 
 def probe_columns(columns: Sequence[str]) -> list[str]:
-    """The reference probe's per-token series (hooks/probe.py), sorted."""
-    return sorted(c for c in columns if isinstance(c, str) and parse_probe_token(c) is not None)
+    """The reference probe's per-token series (hooks/probe.py), sorted, then the expert's ordinary
+    tokens (the drift the verdict requires in a run with a probe) when present."""
+    tokens = sorted(c for c in columns if isinstance(c, str) and parse_probe_token(c) is not None)
+    return tokens + [PROBE_TEXT] if tokens and PROBE_TEXT in columns else tokens
 
 
 def _token_color(tokens: list[str], token: str) -> str:
@@ -132,7 +134,7 @@ def overview_figure(snap: RunSnapshot) -> tuple[dict, list[list[str]]]:
     titles += [f"p(control token) at {pt.replace('_', ' ')}: mean line, p99 to max band" for pt in ctrl]
     probe = probe_columns(list(steps.columns))
     if probe:
-        titles += ["Reference probe: cost of the expert's control tokens (-log p, nats)"]
+        titles += ["Reference probe: cost of the expert's control tokens, dashed: its text (-log p, nats)"]
     titles += ["Entropy (nats, token mean)", "Tool calls per rollout"]
     rows = len(titles)
     layout = stacked_rows(titles)
@@ -234,7 +236,11 @@ def overview_figure(snap: RunSnapshot) -> tuple[dict, list[list[str]]]:
         for col in probe:
             token = parse_probe_token(col)
             x, y = _xy(steps, col)
-            trace = _line(x, [-v for v in y], f"probe {token}", _token_color(snap.control_tokens, token))
+            cost = [-v for v in y]
+            if token is None:  # the expert's ordinary tokens
+                trace = _line(x, cost, "probe text", "#616161", line={"dash": "dash"})
+            else:
+                trace = _line(x, cost, f"probe {token}", _token_color(snap.control_tokens, token))
             add(trace, row, "probe", col)
         layout[f"yaxis{row}"].update(type="log", exponentformat="power")
 

@@ -25,10 +25,8 @@ from collapsewatch.diagnostics.alerts import Alert
 from collapsewatch.diagnostics.baseline import KofN
 from collapsewatch.diagnostics.detector_base import Detector, MonitorConfig, fmt
 from collapsewatch.diagnostics.features import StepFeatures
-from collapsewatch.schema import parse_probe_token
+from collapsewatch.schema import PROBE_CTRL_WORST, PROBE_TEXT, parse_probe_token
 
-WORST = "probe/logp_ctrl_worst"
-TEXT = "probe/logp_text"
 _FIX = (
     "Likely fix: lower the learning rate, or add supervision that keeps the format (interleave SFT on "
     "expert trajectories, or replace one rollout per group with an expert one)."
@@ -70,7 +68,7 @@ class ProbeDrift(Detector):
         folds: dict[str, tuple[float, float, float]] = {}  # series -> (fold, cost, reference cost)
         seen_probe = False
         for name, logp in f.scalars.items():
-            if parse_probe_token(name) is None and name != WORST:
+            if parse_probe_token(name) is None and name != PROBE_CTRL_WORST:
                 continue
             seen_probe = True
             measured = self._reference.fold(name, logp)
@@ -87,10 +85,12 @@ class ProbeDrift(Detector):
                 severity = level
         if severity is None or not self.holds(f.step, severity):
             return []
-        by_token = [(parse_probe_token(n), v[0]) for n, v in ranked if n != WORST]
+        by_token = [(parse_probe_token(n), v[0]) for n, v in ranked if n != PROBE_CTRL_WORST]
         token = by_token[0][0] if by_token else None  # the token that moved most, for the evidence
         subject = (
-            "each conversation's least likely control token" if name == WORST else f"the expert's {token}"
+            "each conversation's least likely control token"
+            if name == PROBE_CTRL_WORST
+            else f"the expert's {token}"
         )
         moving = [f"{t}: {fmt(v)}x" for t, v in by_token if v >= c.probe_warn_fold]
         msg = (
@@ -115,10 +115,10 @@ class ProbeTextDrift(Detector):
 
     def update(self, f: StepFeatures) -> list[Alert]:
         c = self.config
-        if TEXT not in f.scalars:
+        if PROBE_TEXT not in f.scalars:
             return []
         self.seen += 1
-        measured = self._reference.fold(TEXT, f.scalars[TEXT])
+        measured = self._reference.fold(PROBE_TEXT, f.scalars[PROBE_TEXT])
         if measured is None or not self.warmed_up:
             return []
         fold, cost, reference = measured

@@ -18,7 +18,7 @@ from collapsewatch.diagnostics.detector_base import step_word
 from collapsewatch.diagnostics.features import parse_control_stat
 from collapsewatch.diagnostics.scan import Findings, open_any_run, per_step_scalars, scan
 from collapsewatch.diagnostics.structure import summarize_rollout
-from collapsewatch.schema import parse_probe_token
+from collapsewatch.schema import PROBE_TEXT, parse_probe_token
 
 _SEV_COLOUR = {"info": "#4c9be8", "warning": "#f0a020", "critical": "#d62728"}
 _STATE_COLOUR = {
@@ -149,12 +149,24 @@ def _fig_probe(per_step: dict[int, dict[str, float]], findings: Findings):
     for token, series in sorted(rows.items()):
         steps = sorted(series)
         fig.add_trace(go.Scatter(x=steps, y=[series[s] for s in steps], name=token, mode="lines"))
+    text = {step: -v for step, sc in per_step.items() if math.isfinite(v := sc.get(PROBE_TEXT, math.nan))}
+    if text:  # the expert's ordinary tokens: the drift the verdict requires in a run with a probe
+        steps = sorted(text)
+        fig.add_trace(
+            go.Scatter(
+                x=steps,
+                y=[text[s] for s in steps],
+                name="expert text",
+                mode="lines",
+                line=dict(dash="dash", color="#616161"),
+            )
+        )
     _vlines(fig, findings)
     fig.update_yaxes(type="log", title="-log p, nats")
     fig.update_layout(
         height=320,
         margin=dict(l=60, r=20, t=30, b=30),
-        title="reference conversations: cost of the expert's control tokens (rising = being unlearned)",
+        title="reference conversations: cost of the expert's control tokens and text (rising = being unlearned)",
     )
     return fig
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from collapsewatch.hooks.control_tokens import CHATML_CONTROL, LLAMA3_CONTROL, vocab_id
-from collapsewatch.schema import probe_token_name
+from collapsewatch.schema import PROBE_CTRL, PROBE_CTRL_WORST, PROBE_TEXT, probe_token_name
 
 
 @dataclass
@@ -82,13 +82,13 @@ class ControlProbe:
         is_control = torch.isin(targets, control_ids)
         out: dict[str, float] = {}
         if (~is_control).any():
-            out["probe/logp_text"] = logp[~is_control].mean().item()
+            out[PROBE_TEXT] = logp[~is_control].mean().item()
         if is_control.any():
-            out["probe/logp_ctrl"] = logp[is_control].mean().item()
+            out[PROBE_CTRL] = logp[is_control].mean().item()
             # per conversation, its least likely control token (conversations without one are skipped)
             row_control = torch.split(is_control, [len(t) for t, _ in scored])
             worst = [lp[m].min() for (_, lp), m in zip(scored, row_control, strict=True) if m.any()]
-            out["probe/logp_ctrl_worst"] = torch.stack(worst).mean().item()
+            out[PROBE_CTRL_WORST] = torch.stack(worst).mean().item()
             for token, token_id in self.control.items():
                 at = targets == token_id
                 if at.any():

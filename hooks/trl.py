@@ -74,12 +74,18 @@ class TRLHandle:
     """What `attach` returns: the recorder, and `detach()` to restore the trainer."""
 
     def __init__(
-        self, trainer: Any, recorder: Recorder, full_capture: bool, probe: ControlProbe | None = None
+        self,
+        trainer: Any,
+        recorder: Recorder,
+        full_capture: bool,
+        probe: ControlProbe | None = None,
+        probe_every: int = 1,
     ) -> None:
         self.trainer = trainer
         self.recorder = recorder
         self.full_capture = full_capture
         self.probe = probe
+        self.probe_every = probe_every
         self._saved: dict[str, Any] = {}
         self._callback: Any = None
         self._rollouts: dict[int, dict[str, Any]] = {}  # generation id -> rollout columns (local rows)
@@ -385,7 +391,8 @@ class TRLHandle:
                 def body() -> None:
                     if handle.paused:
                         return
-                    if handle.probe is not None and kwargs.get("model") is not None:
+                    probe_due = state.global_step % handle.probe_every == 0
+                    if handle.probe is not None and probe_due and kwargs.get("model") is not None:
                         handle._guard("probe", lambda: handle._measure_probe(kwargs["model"], state))
                     if not control.should_log:  # otherwise on_log ends the step, after TRL's scalars
                         handle.recorder.end_step(state.global_step)
@@ -460,11 +467,14 @@ def attach(
     capture: str = "control",
     stop_on: str | None = None,
     probe: ControlProbe | None = None,
+    probe_every: int = 1,
     **recorder_kwargs: Any,
 ) -> TRLHandle:
     """Record a TRL GRPOTrainer into `<root>/<run_name>`; returns a handle (`.recorder`, `.detach()`).
 
-    `probe` (a `ControlProbe` of reference conversations) is scored after every optimizer step.
+    `probe` (a `ControlProbe` of reference conversations) is scored after every `probe_every`-th
+    optimizer step (one forward over its conversations; keep it at most the verdict's window, 5, so
+    the drift family it feeds stays current between measurements).
 
     Call before `trainer.train()`. Outside the tested TRL range it warns once and tries (every
     failure is counted, never raised); when the trainer lacks the wrapped methods it records TRL's
@@ -472,6 +482,8 @@ def attach(
     """
     import trl
 
+    if probe_every < 1:
+        raise ValueError(f"probe_every must be >= 1 (got {probe_every})")
     version = getattr(trl, "__version__", "unknown")
     tok = getattr(trainer, "processing_class", None)
     tok = getattr(tok, "tokenizer", tok)
@@ -503,7 +515,7 @@ def attach(
         warnings.warn(f"collapsewatch: {reason}", RuntimeWarning, stacklevel=2)
         if recorder.writer is not None:
             recorder.writer.update_meta(trl_capture="full" if full else "scalars_only", trl_warning=reason)
-    handle = TRLHandle(trainer, recorder, full_capture=full, probe=probe)
+    handle = TRLHandle(trainer, recorder, full_capture=full, probe=probe, probe_every=probe_every)
     if full:
         handle.install()
     trainer.add_callback(handle.make_callback())

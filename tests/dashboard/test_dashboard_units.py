@@ -139,6 +139,12 @@ def test_probe_row_draws_costs_and_its_delta_follows() -> None:
     delta = figures.overview_delta(snap, specs, {"steps": 8, "states": -1})
     assert delta[index] == ([9], [pytest.approx(0.1)])
     assert figures.specs_match(snap, specs)
+    frame["probe/logp_text"] = -np.linspace(0.8, 2.4, 10)  # the expert's text drifting too
+    snap = RunSnapshot(name="r", steps=frame)
+    assert not figures.specs_match(snap, specs)
+    fig, specs = figures.overview_figure(snap)
+    text = fig["data"][specs.index(["probe", "probe/logp_text"])]
+    assert text["line"]["dash"] == "dash" and text["y"][-1] == pytest.approx(2.4)
 
 
 def test_downsampling_keeps_a_one_step_spike() -> None:

@@ -269,18 +269,21 @@ def test_trl_scalar_names():
     assert out["trl/epoch"] == 0.5 and "trl/x" not in out
 
 
-def test_probe_is_scored_after_every_optimizer_step(tmp_path):
+def _addition_probe(tok):
     from hooks_trl_helpers import TOOL_CALL, add
 
     from collapsewatch.hooks.probe import ControlProbe
 
-    trainer = make_trainer(str(tmp_path / "out"), tools=True, steps=3)
-    tok = trainer.processing_class
     conversation = [
         {"role": "user", "content": "What is 4 plus 5?"},
         {"role": "assistant", "content": TOOL_CALL.removesuffix("<|im_end|>")},
     ]
-    probe = ControlProbe.from_conversations(tok, [conversation], tools=[add])
+    return ControlProbe.from_conversations(tok, [conversation], tools=[add])
+
+
+def test_probe_is_scored_after_every_optimizer_step(tmp_path):
+    trainer = make_trainer(str(tmp_path / "out"), tools=True, steps=3)
+    probe = _addition_probe(trainer.processing_class)
     attach(trainer, root=str(tmp_path), run_name="probe", probe=probe)
     start = probe.measure(trainer.model)
     trainer.train()
@@ -290,3 +293,15 @@ def test_probe_is_scored_after_every_optimizer_step(tmp_path):
     assert logged.nunique() == 3 and logged.iloc[0] != start["probe/logp/<tool_call>"]  # weights moved
     # measured after the step's update: the last value is the final model's
     assert logged.iloc[-1] == pytest.approx(probe.measure(trainer.model)["probe/logp/<tool_call>"], abs=1e-6)
+
+
+def test_probe_every_scores_only_those_steps(tmp_path):
+    trainer = make_trainer(str(tmp_path / "out"), tools=True, steps=4)
+    probe = _addition_probe(trainer.processing_class)
+    with pytest.raises(ValueError, match="probe_every"):
+        attach(trainer, root=str(tmp_path), run_name="bad", probe=probe, probe_every=0)
+    attach(trainer, root=str(tmp_path), run_name="every2", probe=probe, probe_every=2)
+    trainer.train()
+    steps = open_run(tmp_path / "every2").steps().set_index("step")
+    assert list(steps["probe/logp/<tool_call>"].dropna().index) == [2, 4]
+    assert list(steps.index) == [1, 2, 3, 4]  # the other steps are recorded as usual
