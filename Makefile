@@ -6,16 +6,16 @@ PIP := $(VENV)/bin/pip
 # torch is pinned to the CPU build that installs from local disk here; a user's own CUDA
 # torch satisfies the package's looser `torch>=2.1` requirement.
 TORCH_PIN ?= torch==2.13.0
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | md5sum | cut -c1-12)
 QUICK ?=
 
 .PHONY: test demo setup system-deps lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_PIN)"
-	$(PIP) install -q -e ".[all,dev]"
+	$(PIP) install -q -c constraints.txt -e ".[all,dev]"
 	@rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 setup: $(STAMP) system-deps

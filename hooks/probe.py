@@ -7,7 +7,8 @@ the weights do. In the bundled trainer's collapsing runs the expert `<tool_call>
 error rate grew several-fold long before the success rate fell (docs/detection.md, round 7).
 
 Scores only assistant tokens (what the policy writes); returns scalars named `probe/...` for the
-steps table, which the `probe_drift` detector reads.
+steps table, which the `probe_drift` (control tokens) and `probe_text_drift` (the other tokens)
+detectors read.
 """
 
 from __future__ import annotations

@@ -5,10 +5,13 @@ Both the writer and the reader go through these functions, so the layout is writ
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import platform
 import re
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +104,33 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def this_host() -> str:
     return socket.gethostname()
+
+
+# Libraries whose version changes a run's numbers (model init, tokenizer training, kernels): recorded
+# when the process has already imported them, so a run that does not reproduce says what differed.
+VERSIONED = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "trl",
+    "accelerate",
+    "deepspeed",
+    "vllm",
+    "numpy",
+    "pyarrow",
+)
+
+
+def library_versions() -> dict[str, str]:
+    """Python's version and each already-imported library of `VERSIONED` (none is imported here)."""
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        if name in sys.modules:
+            try:
+                out[name] = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                out[name] = str(getattr(sys.modules[name], "__version__", "unknown"))
+    return out
 
 
 def now() -> float:

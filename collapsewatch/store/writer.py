@@ -398,6 +398,7 @@ class RunWriter:
             "failures": {},
             "host": layout.this_host(),
             "pid": os.getpid(),
+            "versions": layout.library_versions(),
         }
         meta.update(extra_meta or {})
         return meta

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 import collapsewatch as cw
@@ -133,6 +134,15 @@ def test_corrupt_and_tmp_files_are_skipped_with_a_warning(tmp_path: Path) -> Non
         frame = run.steps()
     assert list(frame["step"]) == [0, 2]
     assert run.bad_files == [steps_dir / "step-00000001.parquet"]
+
+
+def test_run_json_records_library_versions(tmp_path: Path) -> None:
+    """A run that does not reproduce elsewhere says which libraries differed."""
+    writer = RunWriter(tmp_path, "r")
+    writer.close(status="finished")
+    versions = json.loads((tmp_path / "r" / "run.json").read_text())["versions"]
+    assert versions["python"].count(".") == 2
+    assert versions["pyarrow"] == pa.__version__ and versions["numpy"] == np.__version__
 
 
 def test_stale_heartbeat_and_newer_schema(tmp_path: Path) -> None:
