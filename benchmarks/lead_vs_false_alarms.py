@@ -104,7 +104,7 @@ def plot(ours: list[dict], baseline: list[dict], edge: list[dict], path: Path) -
     shown = sorted((q for q in ours if q["median_lead_steps"] is not None),
                    key=lambda q: (q["median_lead_steps"], q["false_alarm_share"]))  # fmt: skip
     for p in shown:  # labels level with their point, to its right (points at one x differ in lead)
-        default = p["setting"] == "C (default)"
+        default = p["setting"].endswith("(default)")
         ax.scatter(p["false_alarm_share"], p["median_lead_steps"], s=60 if default else 30,
                    color="tab:blue", marker="*" if default else "o", zorder=3)  # fmt: skip
         ax.annotate(f"{p['setting']} ({p['detected_by_onset']}/{p['collapsed_runs']})",

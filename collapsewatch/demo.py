@@ -34,18 +34,19 @@ class DemoPlan:
     sets: tuple[str, ...] = ()
 
 
-# The reproduction's recipes and warm start (docs/reproduction.md): seed 1's `collapse` pages at
-# step 25 and collapses at 31, its `interleaved` twin holds; 40 steps show the hold and the break.
-# 5.2 minutes with the warm start cached (measured, quiet machine), plus ~9 to build it the first time.
+# The reproduction's recipes and warm start (docs/reproduction.md); 40 steps show the hold and the
+# break. With the versions in constraints.txt (2026-12-02; warm start at 0.11 success) seed 1's
+# `collapse` is paged at step 26 as its text pollution climbs to 73% by step 39, without crossing
+# the onset line; `interleaved` holds. 19 minutes next to another training run on 2 cores.
 FULL = DemoPlan(steps=40, seed=1, sets=("eval_tasks=16", "checkpoint_every=0"))
 # A 200-step warm start, groups of 4, one minibatch per step (so the update shares each group's
 # prompt), the LR reaching 1e-3 at step 20, interleaved SFT on 2 x 16 expert trajectories, no
-# evaluation passes: `collapse`'s format breaks at step 17 and the verdict pages at 16, while
-# `interleaved` stays healthy. 151 s from an empty cache on the quiet 2-core machine (63 s of it the
-# warm start). Its success rate is ~0.05 from the start, so the format break is the story here.
-# Tried and not taken: one interleaved-SFT minibatch of 24 (-14 s, but a noise-level success
-# "onset" on `interleaved`); one of 32 (-5 s); 150 warm-start steps (the format breaks inside the
-# detectors' 15-step warm-up).
+# evaluation passes. Its success rate is ~0.05 from the start, so the format is the story: on
+# 2026-12-02 `collapse` was paged at step 18 as healthy tool calls fell from ~0.6 to 0.2 of turns
+# (none by step 23), while `interleaved` stayed healthy. 151 s on a quiet machine with the older
+# libraries, 11 minutes next to a training run. Tried and not taken (older libraries): one
+# interleaved-SFT minibatch of 24 (-14 s, but a noise-level success "onset" on `interleaved`); one
+# of 32 (-5 s); 150 warm-start steps (the format breaks inside the detectors' 15-step warm-up).
 QUICK = DemoPlan(
     steps=24,
     seed=1,
