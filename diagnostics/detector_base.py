@@ -53,8 +53,8 @@ class MonitorConfig:
     # structural states: one-sided CUSUM of the broken-turn share (logit scale) against the warm-up's
     # median and MAD, so a slow, sustained rise adds up instead of widening its own yardstick
     structure_min_rise: float = 0.15  # absolute rise of the broken-turn share over its warm-up level
-    structure_cusum_k: float = 1.5  # robust z a step must exceed to add to the sum (slack)
-    structure_cusum_h: float = 5.0  # sum that counts as a shift
+    structure_cusum_k: float = 1.0  # robust z a step must exceed to add to the sum (slack)
+    structure_cusum_h: float = 8.0  # sum that counts as a shift
     # structural states per GRPO group: a group whose every rollout is broken (the broken format is
     # the policy's mode for that prompt); hit when this share of groups, and at least this many, are
     broken_mode_frac: float = 0.25
@@ -85,8 +85,9 @@ class MonitorConfig:
     verdict_cooldown: int = 20
     # families that must be among the agreeing ones for a page (empty: any two families will do)
     verdict_requires: tuple[str, ...] = ("structure",)
-    # ... and these too, when the run has data for them (a run without a reference probe has no drift)
-    verdict_requires_if_seen: tuple[str, ...] = ("drift",)
+    # ... and these too, when the run has data for them (a run without a reference probe has no drift).
+    # Empty by default: ("drift",) was round 8's rule and caught fewer collapses held out (docs/detection.md)
+    verdict_requires_if_seen: tuple[str, ...] = ()
 
     @classmethod
     def from_any(cls, config: MonitorConfig | Mapping[str, Any] | None) -> MonitorConfig:

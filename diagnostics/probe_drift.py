@@ -12,8 +12,9 @@ transients that precede some collapses also come in supervised runs that recover
 `ProbeTextDrift` reads the same conversations' ordinary (non-control) tokens, `probe/logp_text`.
 Its own family, "drift": the control tokens move in bursts in every run of the bundled trainer,
 while the expert's text cost passed 2x its start mostly in runs without supervision that went on
-to collapse (docs/detection.md, rounds 7 and 8). The verdict requires this family when the run
-has a probe (`verdict_requires_if_seen`).
+to collapse (docs/detection.md, rounds 7 and 8). It warns and counts as one family in the verdict;
+requiring it for a page (`verdict_requires_if_seen=("drift",)`, round 8's rule) caught fewer
+held-out collapses by their onset, so it is off by default.
 """
 
 from __future__ import annotations

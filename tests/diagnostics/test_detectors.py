@@ -387,8 +387,8 @@ def test_verdict_pages_only_when_the_format_itself_breaks():
 
 
 def test_verdict_requires_text_drift_only_in_runs_with_a_probe():
-    """With a reference probe, structure plus control tokens is not enough: the expert's text must
-    have drifted too (supervised runs repair format excursions without it). A run without the
+    """With the gate on (round 8's rule; off by default), structure plus control tokens is not enough
+    in a run with a reference probe: the expert's text must have drifted too. A run without the
     probe's text series is judged by structure and any other family, as before."""
     from collapsewatch.diagnostics.alerts import Alert
     from collapsewatch.diagnostics.verdict import CombinedVerdict
@@ -396,7 +396,8 @@ def test_verdict_requires_text_drift_only_in_runs_with_a_probe():
     def warn(step, family):
         return Alert(step=step, detector=family, severity="warning", message="m", family=family)
 
-    probed = CombinedVerdict(MonitorConfig())
+    gated = MonitorConfig(verdict_requires_if_seen=("drift",))
+    probed = CombinedVerdict(gated)
     with_probe = {"control", "structure", "probe", "drift"}
     assert (
         probed.update(30, [warn(30, "control"), warn(30, "structure"), warn(30, "probe")], with_probe) == []
@@ -404,10 +405,10 @@ def test_verdict_requires_text_drift_only_in_runs_with_a_probe():
     page = probed.update(31, [warn(31, "structure"), warn(31, "drift")], with_probe)
     assert page and set(page[0].evidence["families"]) == {"control", "drift", "probe", "structure"}
 
-    unprobed = CombinedVerdict(MonitorConfig())
+    unprobed = CombinedVerdict(gated)
     page = unprobed.update(30, [warn(30, "control"), warn(30, "structure")], {"control", "structure"})
     assert page and set(page[0].evidence["families"]) == {"control", "structure"}
-    ungated = CombinedVerdict(MonitorConfig(verdict_requires_if_seen=()))
+    ungated = CombinedVerdict(MonitorConfig())  # the default: no gate
     assert ungated.update(30, [warn(30, "control"), warn(30, "structure")], with_probe)
 
 
