@@ -36,7 +36,7 @@ class DemoPlan:
 
 # The reproduction's recipes and warm start (docs/reproduction.md); 40 steps show the hold and the
 # break. With the versions in constraints.txt (2026-12-02; warm start at 0.11 success) seed 1's
-# `collapse` is paged at step 26 as its text pollution climbs to 73% by step 39, without crossing
+# `collapse` is paged at step 17, with text pollution at 23% (73% by step 39), without crossing
 # the onset line; `interleaved` holds. 19 minutes next to another training run on 2 cores.
 FULL = DemoPlan(steps=40, seed=1, sets=("eval_tasks=16", "checkpoint_every=0"))
 # A 200-step warm start, groups of 4, one minibatch per step (so the update shares each group's
