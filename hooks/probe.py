@@ -60,41 +60,58 @@ class ControlProbe:
         """Chat-format conversations (as in SFT data); the tokenizer's chat template lays them out."""
         return cls(tokenizer, [_row_from_messages(tokenizer, c, tools) for c in conversations], **kwargs)
 
-    @torch.no_grad()
     def measure(self, model: torch.nn.Module) -> dict[str, float]:
         """probe/logp_ctrl, probe/logp_ctrl_worst (mean over conversations of the least likely control
         token), probe/logp_text and probe/logp/<token>: mean teacher-forced log p, nats."""
+        return self.summarize(self.totals(model))
+
+    @torch.no_grad()
+    def totals(self, model: torch.nn.Module, part: int = 0, parts: int = 1) -> torch.Tensor:
+        """Sums and counts behind `measure`, over conversations part, part + parts, ... only.
+
+        They add up across parts, so data-parallel ranks can each score a share and all-reduce the
+        sums (float64, `len(self.totals_names())` pairs) before `summarize`: the result is the
+        single-process one, whatever the split.
+        """
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
         try:
             scored = [
                 pair
-                for chunk in _chunks(self.rows, self.chunk_size)
+                for chunk in _chunks(self.rows[part::parts], self.chunk_size)
                 for pair in self._score(model, chunk, device)
             ]
         finally:
             model.train(was_training)
+        out = torch.zeros(len(self.totals_names()), 2, dtype=torch.float64)
         if not scored:
-            return {}
+            return out
         control_ids = torch.tensor(list(self.control.values()), dtype=torch.long)
         targets = torch.cat([t for t, _ in scored])
-        logp = torch.cat([lp for _, lp in scored])
+        logp = torch.cat([lp for _, lp in scored]).double()
         is_control = torch.isin(targets, control_ids)
-        out: dict[str, float] = {}
-        if (~is_control).any():
-            out[PROBE_TEXT] = logp[~is_control].mean().item()
-        if is_control.any():
-            out[PROBE_CTRL] = logp[is_control].mean().item()
-            # per conversation, its least likely control token (conversations without one are skipped)
-            row_control = torch.split(is_control, [len(t) for t, _ in scored])
-            worst = [lp[m].min() for (_, lp), m in zip(scored, row_control, strict=True) if m.any()]
-            out[PROBE_CTRL_WORST] = torch.stack(worst).mean().item()
-            for token, token_id in self.control.items():
-                at = targets == token_id
-                if at.any():
-                    out[probe_token_name(token)] = logp[at].mean().item()
+        # per conversation, its least likely control token (conversations without one are skipped)
+        row_control = torch.split(is_control, [len(t) for t, _ in scored])
+        worst = [lp[m].min() for (_, lp), m in zip(scored, row_control, strict=True) if m.any()]
+        masks = [~is_control, is_control] + [targets == token_id for token_id in self.control.values()]
+        for i, m in enumerate(masks):
+            out[i] = torch.stack([logp[m].sum(), m.sum().double()])
+        if worst:
+            out[-1] = torch.tensor([float(torch.stack(worst).sum()), len(worst)], dtype=torch.float64)
         return out
+
+    def totals_names(self) -> list[str]:
+        """The metric of each row of `totals`, in order."""
+        return [PROBE_TEXT, PROBE_CTRL, *(probe_token_name(t) for t in self.control), PROBE_CTRL_WORST]
+
+    def summarize(self, totals: torch.Tensor) -> dict[str, float]:
+        """Means from (summed) `totals`; a metric with nothing to average over is left out."""
+        return {
+            name: float(total / count)
+            for name, (total, count) in zip(self.totals_names(), totals.tolist(), strict=True)
+            if count > 0
+        }
 
     def _score(self, model: torch.nn.Module, rows: list[ProbeRow], device: torch.device):  # type: ignore[no-untyped-def]
         """[(target ids, log p)] per row, at the scored positions only (right-padded batch)."""

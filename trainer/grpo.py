@@ -198,12 +198,16 @@ def grpo_step(s: GRPOState, step: int) -> dict[str, float]:
         metrics["sft/erroneous_tasks"] = float(len(recent))
 
     # --- 6. the fixed probe: teacher-forced log p of the expert's control tokens, held-out tasks ----
+    # Each rank scores its share of the conversations; their sums add up to the one-process figures.
+    probe = None
     if s.probe is not None:  # float32, no autocast: the expert's control tokens sit at log p ~ -1e-4
         t0 = time.perf_counter()
-        metrics.update(s.probe.measure(s.policy))
+        probe = s.probe.totals(s.policy, part=s.rank, parts=s.world_size)
         metrics["time/probe_s"] = time.perf_counter() - t0
 
     metrics = _reduce_over_ranks(metrics, s.world_size, s.device)
+    if probe is not None:
+        metrics.update(s.probe.summarize(_sum_over_ranks(probe, s.world_size, s.device)))
     if s.log is not None:
         s.log.rollouts(step, rollouts, advantages)
         s.log.scalars(step, metrics)
@@ -255,6 +259,15 @@ def _structural_state_shares(rollouts: list[Rollout]) -> dict[str, float]:
     if not states:
         return {}
     return {f"states/{name}": states.count(name) / len(states) for name in STRUCTURAL_STATES}
+
+
+def _sum_over_ranks(t: torch.Tensor, world_size: int, device: torch.device) -> torch.Tensor:
+    """Element-wise sum over ranks (on `device`: NCCL reduces CUDA tensors only)."""
+    if world_size == 1 or not dist.is_initialized():
+        return t
+    t = t.to(device)
+    dist.all_reduce(t)
+    return t.cpu()
 
 
 def _reduce_over_ranks(metrics: dict[str, float], world_size: int, device: torch.device) -> dict[str, float]:

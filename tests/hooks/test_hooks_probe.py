@@ -67,3 +67,26 @@ def test_a_template_that_rewrites_earlier_turns_is_refused(tok):
     odd.chat_template = "{% for m in messages %}{% if loop.last %}{{ m['content'] }}{% endif %}{% endfor %}"
     with pytest.raises(ValueError, match="renders a conversation's turns differently"):
         ControlProbe.from_conversations(odd, [CONVERSATION])
+
+
+def test_totals_of_any_split_sum_to_the_whole_probe(tok):
+    """What data-parallel ranks rely on: each scores rows part::parts, the sums are all-reduced."""
+    torch.manual_seed(0)
+    model = tiny_qwen2(tok)
+    conversations = [CONVERSATION, CONVERSATION[:2], CONVERSATION[:1] + [CONVERSATION[3]], CONVERSATION[:2]]
+    plain = tok("plain words only", add_special_tokens=False)["input_ids"]
+    rows = [ControlProbe.from_conversations(tok, [c]).rows[0] for c in conversations]
+    rows.append(ProbeRow(plain, [True] * len(plain)))  # no control token: no worst-token entry
+    probe = ControlProbe(tok, rows, chunk_size=2)
+    whole = probe.measure(model)
+    for parts in (2, 3, 5):
+        split = probe.summarize(sum(probe.totals(model, part=p, parts=parts) for p in range(parts)))
+        assert split.keys() == whole.keys()
+        for name, value in whole.items():
+            assert split[name] == pytest.approx(value, rel=1e-5), (parts, name)
+    # the worst control token is averaged over the conversations that have one, each counted once
+    single = [ControlProbe(tok, [r]).measure(model) for r in rows[:4]]
+    assert whole["probe/logp_ctrl_worst"] == pytest.approx(
+        sum(v["probe/logp_ctrl_worst"] for v in single) / 4, rel=1e-5
+    )
+    assert probe.summarize(probe.totals(model, part=4, parts=5)).keys() == {"probe/logp_text"}

@@ -19,7 +19,7 @@ from collapsewatch.errors import UserError
 from collapsewatch.trainer import env
 from collapsewatch.trainer import model as model_lib
 from collapsewatch.trainer.batch import collate, completion_logits, grouped_completion_logits, token_logprobs
-from collapsewatch.trainer.grpo import GRPOState, grpo_step
+from collapsewatch.trainer.grpo import GRPOState, control_probe, grpo_step
 from collapsewatch.trainer.rollout import ChatFormat, RolloutSpec, expert_rollout, generate
 from collapsewatch.trainer.sft import expert_batch, sft_loss, train_sft
 from collapsewatch.trainer.tokenizer import CONTROL_TOKENS
@@ -167,6 +167,16 @@ def test_supervisory_losses_run_and_change_the_update(tok, tiny_cfg, option, key
     assert diff > 0
 
 
+def test_each_rank_probes_only_its_share_of_the_conversations(tok, tiny_cfg):
+    s = _state(tiny_cfg, tok)
+    s.rank, s.world_size = 1, 2  # no process group: the all-reduce is skipped, the share is what is left
+    s.probe = control_probe(s.fmt, 6)
+    metrics = grpo_step(s, 1)
+    share = s.probe.summarize(s.probe.totals(s.policy, part=1, parts=2))
+    assert metrics["probe/logp_text"] == pytest.approx(share["probe/logp_text"], rel=1e-9)
+    assert metrics["probe/logp_text"] != pytest.approx(s.probe.measure(s.policy)["probe/logp_text"], rel=1e-6)
+
+
 def test_expert_replacement_puts_one_expert_per_group(tok, tiny_cfg):
     s = _state(tiny_cfg.override(expert_replacement=True, hint_rollouts=1), tok)
     seen = {}
@@ -265,3 +275,11 @@ def test_ddp_on_two_cpu_processes(tmp_path, tiny_cfg, tok):
     seqs = run.sequences()
     assert sorted(seqs["rank"].unique().tolist()) == [0, 1]
     assert len(seqs) == 2 * tiny_cfg.tasks_per_step * tiny_cfg.group_size  # rollouts split across ranks
+    # the probe is split across the ranks and its sums all-reduced: the figures of one process scoring
+    # every conversation with the final weights (the model saved after step 2, probed after it)
+    probed = run.steps().set_index("step").loc[2]
+    model, tok = model_lib.load_pretrained(tmp_path / "collapse-s0" / "model", torch.device("cpu"))
+    whole = control_probe(ChatFormat(tok), tiny_cfg.probe_tasks).measure(model)
+    assert len(whole) > 3
+    for name, value in whole.items():
+        assert probed[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
