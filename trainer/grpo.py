@@ -275,6 +275,5 @@ def _reduce_over_ranks(metrics: dict[str, float], world_size: int, device: torch
     if world_size == 1 or not dist.is_initialized():
         return metrics
     names = sorted(metrics)
-    t = torch.tensor([metrics[n] for n in names], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return {n: float(v) / world_size for n, v in zip(names, t.tolist(), strict=True)}
+    sums = _sum_over_ranks(torch.tensor([metrics[n] for n in names], dtype=torch.float64), world_size, device)
+    return {n: v / world_size for n, v in zip(names, sums.tolist(), strict=True)}
