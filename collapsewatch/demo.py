@@ -52,6 +52,7 @@ QUICK = DemoPlan(
     seed=1,
     sets=(
         "sft_steps=200",
+        "sft_seed=0",  # the seed these settings were chosen and measured on
         "group_size=4",
         "lr=1e-3",
         "warmup_steps=20",

@@ -50,7 +50,9 @@ class TrainConfig:
     sft_steps: int = 1500
     sft_lr: float = 3e-3
     sft_batch: int = 16
-    sft_seed: int = 0
+    # SFT seed 1: the best of seeds 0-2 by its own greedy eval under constraints.txt (0.58 in
+    # distribution against 0.11 and 0.20); round 11 of docs/detection.md made it the bundled one.
+    sft_seed: int = 1
     cache_dir: str = field(default_factory=default_cache_dir)
     # supervisory signals
     expert_replacement: bool = False  # rollout 0 of each group is the expert trajectory
