@@ -41,6 +41,7 @@ class StructuralShift(Detector):
         # an infinite span freezes the baseline at the warm-up's median and MAD
         self.base = RobustBaseline(config.warmup, span=math.inf, min_scale=0.3)
         self.cusum = 0.0
+        self.persist = KofN(config.structure_persist_k, config.structure_persist_n)
 
     def update(self, f: StepFeatures) -> list[Alert]:
         broken = f.get("state/broken_turns")
@@ -53,7 +54,8 @@ class StructuralShift(Detector):
         if not ready:
             return []
         self.cusum = max(0.0, self.cusum + z - c.structure_cusum_k)
-        if self.cusum < c.structure_cusum_h or broken - base_rate < c.structure_min_rise:
+        shifted = self.cusum >= c.structure_cusum_h and broken - base_rate >= c.structure_min_rise
+        if not self.persist.update(shifted):
             return []
         pollution, collapse = f.get("state/text_pollution"), f.get("state/full_collapse")
         kind = "full collapse (empty turns, bare tags)" if collapse >= pollution else "text pollution"

@@ -55,6 +55,10 @@ class MonitorConfig:
     structure_min_rise: float = 0.15  # absolute rise of the broken-turn share over its warm-up level
     structure_cusum_k: float = 1.0  # robust z a step must exceed to add to the sum (slack)
     structure_cusum_h: float = 8.0  # sum that counts as a shift
+    # ... on at least k of the last n steps (1 of 1: the step it holds). A repaired excursion is often
+    # one step of broken turns; a collapse keeps them (docs/detection.md, round 12)
+    structure_persist_k: int = 1
+    structure_persist_n: int = 1
     # structural states per GRPO group: a group whose every rollout is broken (the broken format is
     # the policy's mode for that prompt); hit when this share of groups, and at least this many, are
     broken_mode_frac: float = 0.25

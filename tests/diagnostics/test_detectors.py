@@ -336,10 +336,10 @@ def test_zero_advantage_all_correct_is_only_info():
     assert "all-correct" in alerts[0].message
 
 
-def _broken_share_run(shares, seed=0):
+def _broken_share_run(shares, seed=0, config=CONFIG):
     """StructuralShift over steps whose broken-turn share is drawn around `shares[step]`."""
     rng = np.random.default_rng(seed)
-    det, alerts = StructuralShift(CONFIG), []
+    det, alerts = StructuralShift(config), []
     for step, share in enumerate(shares):
         broken = rng.random(N) < share
         turns = [["<tool_call><|im_end|>"] if b else [CALL, "alice has 40."] for b in broken]
@@ -362,6 +362,19 @@ def test_structural_shift_ignores_a_one_step_burst_and_binomial_noise():
     for seed in range(3):
         assert _broken_share_run(burst, seed) == []
         assert _broken_share_run([0.1] * 80, seed) == []
+
+
+def test_structural_shift_persistence_skips_a_repaired_excursion_but_not_a_lasting_rise():
+    # a supervised run's excursion: broken turns creep up, jump for one step, and are repaired
+    excursion = [0.03] * 30 + [0.15] * 5 + [0.45] + [0.05] * 44
+    lasting = [0.03] * 30 + [0.15] * 5 + [0.45] * 45
+    persist = dataclasses.replace(CONFIG, structure_persist_k=2, structure_persist_n=3)
+    for seed in range(3):
+        once = [a.step for a in _broken_share_run(excursion, seed)]
+        assert once and once[0] == 35, once  # the default fires on the step the share jumps
+        assert _broken_share_run(excursion, seed, persist) == []
+        kept = [a.step for a in _broken_share_run(lasting, seed, persist)]
+        assert kept and kept[0] == 36, kept  # a lasting rise is held back one step
 
 
 def test_verdict_pages_only_when_the_format_itself_breaks():
