@@ -36,17 +36,21 @@ from rich.progress import track
 from collapsewatch.diagnostics.onset import collapse_onset
 from collapsewatch.diagnostics.scan import scan
 
-# Our settings (docs/detection.md, "The trade-off"); {} is the shipped default (setting C, round 7's
-# structure CUSUM and verdict). A, B, D: structure CUSUM slack k, threshold h and minimum rise;
-# "any 2 families" also drops the verdict's requirement that the structure family be one of them.
-SETTING_D = {"structure_cusum_k": 1.5, "structure_cusum_h": 5.0}
+# Our settings (docs/detection.md, "The trade-off"), each written out from round 7's rule (setting C:
+# structure CUSUM k 1, h 8, no text gate) so that their meaning does not move with the shipped default
+# (since round 12: C with the verdict waiting for the expert-text drift at 3x, "C + text gate at 3x").
+# A, B, D: structure CUSUM slack k, threshold h and minimum rise; "any 2 families" also drops the
+# verdict's requirement that the structure family be one of them.
+ROUND7 = {"verdict_requires_if_seen": (), "probe_text_fold": 2.0}
+SETTING_D = {**ROUND7, "structure_cusum_k": 1.5, "structure_cusum_h": 5.0}
 TEXT_GATE = {"verdict_requires_if_seen": ("drift",)}
 OUR_SETTINGS = {
-    "A": {"structure_cusum_k": 0.5, "structure_cusum_h": 5.0, "structure_min_rise": 0.10},
-    "B": {"structure_cusum_k": 1.0, "structure_cusum_h": 5.0},
-    "C (default)": {},
+    "A": {**ROUND7, "structure_cusum_k": 0.5, "structure_cusum_h": 5.0, "structure_min_rise": 0.10},
+    "B": {**ROUND7, "structure_cusum_k": 1.0, "structure_cusum_h": 5.0},
+    "C (round 7's rule)": ROUND7,
     "D": SETTING_D,
-    "any 2 families": {"verdict_requires": ()},
+    "any 2 families": {**ROUND7, "verdict_requires": ()},
+    "C, structure on 3 of 3": {**ROUND7, "structure_persist_k": 3, "structure_persist_n": 3},
 }  # fmt: skip
 # Alternatives that differ only on runs with a reference probe; score them on such runs with
 # `--probe-settings`. Round 7's: the probe paging alone. Round 8's rule (D plus the expert-text gate)
@@ -54,11 +58,12 @@ OUR_SETTINGS = {
 # "Round 8"): D without the gate, the gate on C, the gate at 1.5x, and the drift family with any
 # other family (structure not required).
 PROBE_SETTINGS = {
-    "probe pages at 20x": {"probe_page_fold": 20.0},
-    "probe pages at 100x": {"probe_page_fold": 100.0},
+    "probe pages at 20x": {**ROUND7, "probe_page_fold": 20.0},
+    "probe pages at 100x": {**ROUND7, "probe_page_fold": 100.0},
     "round 8 rule (D + text gate)": {**SETTING_D, **TEXT_GATE},
     "D, no text gate": SETTING_D,
-    "C + text gate": TEXT_GATE,
+    "C + text gate": {**ROUND7, **TEXT_GATE},
+    "C + text gate at 3x (the default)": {},
     "D, text gate at 1.5x": {**SETTING_D, **TEXT_GATE, "probe_text_fold": 1.5},
     "text drift + any family": {**SETTING_D, **TEXT_GATE, "verdict_requires": ()},
 }

@@ -46,8 +46,9 @@ class MonitorConfig:
     # >= this fold pages on its own (0, the default, turns it off: on the bundled trainer supervised
     # runs that recovered showed the same 100-1000x transients; docs/detection.md, round 7)
     probe_page_fold: float = 0.0
-    # the expert's ordinary tokens on the probe: this fold over their start cost warns (family "drift")
-    probe_text_fold: float = 2.0
+    # the expert's ordinary tokens on the probe: this fold over their start cost warns (family "drift");
+    # 3x, not 2x: from the bundled warm start the supervised runs drift 2-3x, the collapses 4-100x+
+    probe_text_fold: float = 3.0
     # structural states
     max_classified: int = 128  # rollouts per step whose text is classified (evenly spaced sample)
     # structural states: one-sided CUSUM of the broken-turn share (logit scale) against the warm-up's
@@ -90,8 +91,9 @@ class MonitorConfig:
     # families that must be among the agreeing ones for a page (empty: any two families will do)
     verdict_requires: tuple[str, ...] = ("structure",)
     # ... and these too, when the run has data for them (a run without a reference probe has no drift).
-    # Empty by default: ("drift",) was round 8's rule and caught fewer collapses held out (docs/detection.md)
-    verdict_requires_if_seen: tuple[str, ...] = ()
+    # The drift gate at 3x met round 12's pre-registered condition on held-out runs: as many collapses
+    # by the onset as round 7's rule, lead 6.5, no supervised run paged (docs/detection.md)
+    verdict_requires_if_seen: tuple[str, ...] = ("drift",)
 
     @classmethod
     def from_any(cls, config: MonitorConfig | Mapping[str, Any] | None) -> MonitorConfig:
