@@ -63,7 +63,7 @@ PROBE_SETTINGS = {
     "round 8 rule (D + text gate)": {**SETTING_D, **TEXT_GATE},
     "D, no text gate": SETTING_D,
     "C + text gate": {**ROUND7, **TEXT_GATE},
-    "C + text gate at 3x (the default)": {},
+    "C + text gate at 3x (the default)": {**ROUND7, **TEXT_GATE, "probe_text_fold": 3.0},
     "D, text gate at 1.5x": {**SETTING_D, **TEXT_GATE, "probe_text_fold": 1.5},
     "text drift + any family": {**SETTING_D, **TEXT_GATE, "verdict_requires": ()},
 }

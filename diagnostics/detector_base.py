@@ -47,7 +47,8 @@ class MonitorConfig:
     # runs that recovered showed the same 100-1000x transients; docs/detection.md, round 7)
     probe_page_fold: float = 0.0
     # the expert's ordinary tokens on the probe: this fold over their start cost warns (family "drift");
-    # 3x, not 2x: from the bundled warm start the supervised runs drift 2-3x, the collapses 4-100x+
+    # 3x, not 2x: from the bundled warm start the supervised runs drifted 2.1-3.2x at most, the
+    # collapses 11-113x (docs/detection.md, rounds 11 and 12)
     probe_text_fold: float = 3.0
     # structural states
     max_classified: int = 128  # rollouts per step whose text is classified (evenly spaced sample)
