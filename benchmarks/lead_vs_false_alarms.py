@@ -40,7 +40,7 @@ from collapsewatch.diagnostics.scan import scan
 
 # Our settings (docs/detection.md, "The trade-off"), each written out from round 7's rule (setting C:
 # structure CUSUM k 1, h 8, no text gate) so that their meaning does not move with the shipped default
-# (since round 12: C with the verdict waiting for the expert-text drift at 3x, "C + text gate at 3x").
+# (round 7's rule again since round 13; round 12's default was "C + text gate at 3x").
 # A, B, D: structure CUSUM slack k, threshold h and minimum rise; "any 2 families" also drops the
 # verdict's requirement that the structure family be one of them.
 ROUND7 = {"verdict_requires_if_seen": (), "probe_text_fold": 2.0}
@@ -65,7 +65,7 @@ PROBE_SETTINGS = {
     "round 8 rule (D + text gate)": {**SETTING_D, **TEXT_GATE},
     "D, no text gate": SETTING_D,
     "C + text gate": {**ROUND7, **TEXT_GATE},
-    "C + text gate at 3x (the default)": {**ROUND7, **TEXT_GATE, "probe_text_fold": 3.0},
+    "C + text gate at 3x": {**ROUND7, **TEXT_GATE, "probe_text_fold": 3.0},
     "D, text gate at 1.5x": {**SETTING_D, **TEXT_GATE, "probe_text_fold": 1.5},
     "text drift + any family": {**SETTING_D, **TEXT_GATE, "verdict_requires": ()},
 }

@@ -47,9 +47,9 @@ class MonitorConfig:
     # runs that recovered showed the same 100-1000x transients; docs/detection.md, round 7)
     probe_page_fold: float = 0.0
     # the expert's ordinary tokens on the probe: this fold over their start cost warns (family "drift");
-    # 3x, not 2x: from the bundled warm start the supervised runs drifted 2.1-3.2x at most, the
-    # collapses 11-113x (docs/detection.md, rounds 11 and 12)
-    probe_text_fold: float = 3.0
+    # (from the bundled warm start the supervised runs drifted 2.1-3.2x at most, the collapses 11-113x;
+    # docs/detection.md, rounds 11-13)
+    probe_text_fold: float = 2.0
     # structural states
     max_classified: int = 128  # rollouts per step whose text is classified (evenly spaced sample)
     # structural states: one-sided CUSUM of the broken-turn share (logit scale) against the warm-up's
@@ -92,9 +92,10 @@ class MonitorConfig:
     # families that must be among the agreeing ones for a page (empty: any two families will do)
     verdict_requires: tuple[str, ...] = ("structure",)
     # ... and these too, when the run has data for them (a run without a reference probe has no drift).
-    # The drift gate at 3x met round 12's pre-registered condition on held-out runs: as many collapses
-    # by the onset as round 7's rule, lead 6.5, no supervised run paged (docs/detection.md)
-    verdict_requires_if_seen: tuple[str, ...] = ("drift",)
+    # Off by default. ("drift",) with probe_text_fold=3 pages no supervised run that held in rounds 12
+    # and 13 but caught one collapse fewer by its onset in round 13, so by its pre-registered rule it
+    # went back to being an option (docs/detection.md, round 13)
+    verdict_requires_if_seen: tuple[str, ...] = ()
 
     @classmethod
     def from_any(cls, config: MonitorConfig | Mapping[str, Any] | None) -> MonitorConfig:

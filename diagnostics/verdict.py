@@ -4,7 +4,7 @@ Single detectors warn; a page needs at least `verdict_min_families` different fa
 tokens, reference probe, expert-text drift, structure, outcome, behaviour, exploration,
 optimisation, length) whose warning conditions held within the last `verdict_window` steps, among
 them every family in `verdict_requires` and, when the run has data for it, in
-`verdict_requires_if_seen` (the expert-text drift family by default, round 12 of
+`verdict_requires_if_seen` (none by default; the expert-text drift family as an option, rounds 12-13 of
 docs/detection.md; a run without a reference probe is judged without it).
 A family counts while its condition holds, not only on the step it alerted: a detector alerts once per episode, and a
 success slide that alerted 8 steps ago and is still under way is still evidence. Non-finite values
