@@ -5,8 +5,9 @@ longest lead of all. This sweeps both monitors over their settings on the same r
 per setting, the share of runs that never collapsed which it paged, how many collapses it caught by
 their onset, and its median lead; and, for each of our settings, the baseline's best setting at no
 more false alarms (`matched_false_alarms`), since the issue's lead target compares against the
-baseline's default, which alarms on most runs that never collapse. The baseline's settings are detection_eval's BASELINE_SWEEP; ours
-are the structure-detector and verdict settings of the trade-off table in docs/detection.md.
+baseline's default, which alarms on most runs that never collapse. The baseline's settings are
+detection_eval's BASELINE_SWEEP; ours are the structure-detector and verdict settings of the
+trade-off table in docs/detection.md.
 
 Runs are ROOT/<recipe>-s<seed>. "Collapsed" runs are runs of the collapsing recipes with a collapse
 onset (the fixed definition); "quiet" runs are runs of any recipe without one. Stable-recipe runs

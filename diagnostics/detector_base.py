@@ -47,8 +47,8 @@ class MonitorConfig:
     # runs that recovered showed the same 100-1000x transients; docs/detection.md, round 7)
     probe_page_fold: float = 0.0
     # the expert's ordinary tokens on the probe: this fold over their start cost warns (family "drift");
-    # (from the bundled warm start the supervised runs drifted 2.1-3.2x at most, the collapses 11-113x;
-    # docs/detection.md, rounds 11-13)
+    # (from the bundled warm start the supervised runs drifted 2.0-3.2x, two that dipped below the onset
+    # line and recovered 3.5x and 4.4x, the collapses 11-113x; docs/detection.md, rounds 11-13)
     probe_text_fold: float = 2.0
     # structural states
     max_classified: int = 128  # rollouts per step whose text is classified (evenly spaced sample)
