@@ -37,7 +37,7 @@ from detection_eval import (
 from rich.progress import track
 
 from collapsewatch.diagnostics.onset import collapse_onset
-from collapsewatch.diagnostics.scan import scan
+from collapsewatch.diagnostics.scan import read_inputs, replay_features, step_features_of
 
 # Our settings (docs/detection.md, "The trade-off"), each written out from round 7's rule (setting C:
 # structure CUSUM k 1, h 8, no text gate) so that their meaning does not move with the shipped default
@@ -70,6 +70,10 @@ PROBE_SETTINGS = {
     "D, text gate at 1.5x": {**SETTING_D, **TEXT_GATE, "probe_text_fold": 1.5},
     "text drift + any family": {**SETTING_D, **TEXT_GATE, "verdict_requires": ()},
 }
+
+
+def first_critical(alerts: list) -> int | None:
+    return min((a.step for a in alerts if a.severity == "critical"), default=None)
 
 
 def score(alarms: dict[str, int | None], onsets: dict[str, int | None], collapsing: set[str]) -> dict:
@@ -178,16 +182,22 @@ def main() -> None:
         raise SystemExit(f"no runs under {root} for those recipes and seeds")
     collapsing = {n for n in paths if n.rsplit("-s", 1)[0] in args.collapsing}
 
-    tables, onsets = {}, {}
+    tables, onsets, features, control_tokens = {}, {}, {}, {}
     for name, path in track(paths.items(), description="reading runs"):
         t = step_table(path)
         tables[name] = t
         onsets[name] = collapse_onset(t["step"].to_numpy(), success_of(t)[0])
+        inputs = read_inputs(path)
+        features[name] = step_features_of(inputs)  # once per run: the settings below share it
+        control_tokens[name] = inputs.run.control_tokens
 
     ours = []
     settings = OUR_SETTINGS | (PROBE_SETTINGS if args.probe_settings else {})
     for setting, overrides in track(settings.items(), description="our settings"):
-        alarms = {n: scan(p, config=overrides).first_critical_step for n, p in paths.items()}
+        alarms = {
+            n: first_critical(replay_features(features[n], control_tokens[n], overrides).alerts)
+            for n in paths
+        }
         ours.append({"setting": setting, **score(alarms, onsets, collapsing)})
     baseline = []
     for setting in track(BASELINE_SWEEP, description="baseline settings"):

@@ -110,6 +110,12 @@ class LiveMonitor:
         except Exception:  # noqa: BLE001 - odd input must not stop training
             self.failures["features"] += 1
             return []
+        return self.judge(f, started=t0)
+
+    def judge(self, f: StepFeatures, started: float | None = None) -> list[Alert]:
+        """Judge one step from its features: `update` computes them; a replay that tries several
+        settings on one run computes them once."""
+        t0 = time.perf_counter() if started is None else started
         self.last_features = f
         alerts: list[Alert] = []
         families: set[str] = set()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -19,7 +19,7 @@ import pandas as pd
 
 from collapsewatch.diagnostics.alerts import Alert
 from collapsewatch.diagnostics.detector_base import MonitorConfig
-from collapsewatch.diagnostics.features import sequence_arrays
+from collapsewatch.diagnostics.features import StepFeatures, sequence_arrays, step_features
 from collapsewatch.diagnostics.live import LiveMonitor
 from collapsewatch.diagnostics.onset import SUCCESS_NAMES, collapse_onset, success_series
 from collapsewatch.diagnostics.root_cause import rank_control_tokens
@@ -105,15 +105,52 @@ def per_step_scalars(long: pd.DataFrame) -> dict[int, dict[str, float]]:
     return out
 
 
-def replay(
+@dataclass
+class RunInputs:
+    """A stored run read once: what every replay of the detectors over it needs."""
+
+    run: Any  # store.reader.Run
+    per_step: dict[int, dict[str, float]]
+    sequences: pd.DataFrame
+    notes: list[str]
+
+
+def read_inputs(run_or_path: Any, use_tokens: bool | None = None) -> RunInputs:
+    """Read a run's scalars and rollouts (see `scan` for `use_tokens`). Bad input raises UserError."""
+    run = open_any_run(run_or_path)
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        long = run.scalars()
+        seqs = run.sequences(columns=[*SEQUENCE_COLUMNS, "rank"])
+        per_step = per_step_scalars(long)
+        has_ctrl = any(n.startswith("ctrl/") for n in long["name"].unique()) if not long.empty else False
+        if use_tokens or (use_tokens is None and not has_ctrl):
+            token_stats = control_stats_from_tokens(run)
+            if token_stats:
+                notes.append("control-token statistics recomputed from the captured token rows")
+            for step, stats in token_stats.items():
+                merged = dict(stats)
+                merged.update(per_step.get(step, {}))
+                per_step[step] = merged
+    notes += [str(w.message) for w in caught]
+    if not per_step and seqs.empty:
+        raise UserError(f"run {run.path} has no steps yet (nothing to scan)")
+    if run.status == "crashed":
+        notes.append("the run's writer crashed or vanished; findings cover the steps it wrote")
+    return RunInputs(run, per_step, seqs, notes)
+
+
+def iter_step_features(
     per_step: Mapping[int, Mapping[str, float]],
     sequences: pd.DataFrame | None,
-    control_tokens: list | None = None,
-    config: MonitorConfig | Mapping[str, Any] | None = None,
+    max_classified: int,
     progress: bool = False,
-) -> tuple[list[Alert], pd.DataFrame]:
-    """Run the live detectors over stored steps. Returns alerts and a per-step timeline frame."""
-    monitor = LiveMonitor(control_tokens=control_tokens, config=config, source="scan")
+) -> Iterator[StepFeatures]:
+    """Every stored step's features, in step order. With reading the run, this is about 60% of a
+    scan of a bundled-trainer run (the structural state of each rollout), so a sweep over detector
+    settings computes it once per run (`step_features_of`, then `replay_features` per setting). A
+    step whose features cannot be computed is skipped, as the live monitor skips it."""
     by_step: dict[int, tuple[int, int]] = {}
     arrays: dict[str, np.ndarray] = {}
     if sequences is not None and len(sequences):
@@ -124,8 +161,6 @@ def replay(
         ends = np.append(starts[1:], len(seq_steps))
         by_step = {int(s): (int(a), int(b)) for s, a, b in zip(uniq, starts, ends, strict=True)}
     steps = sorted(set(per_step) | set(by_step))
-    rows = []
-    iterator = steps
     bar = None
     if progress and len(steps) > 200:
         from rich.progress import Progress
@@ -134,29 +169,60 @@ def replay(
         bar.start()
         task = bar.add_task("scanning steps", total=len(steps))
     try:
-        for step in iterator:
+        for step in steps:
             span = by_step.get(step)
-            if span is None:
-                monitor.update(step, per_step.get(step, {}), None)
-            else:
+            rows = cols = None
+            if span is not None and sequences is not None:
                 a, b = span
-                monitor.update(
-                    step,
-                    per_step.get(step, {}),
-                    sequences.iloc[a:b],
-                    arrays={k: v[a:b] for k, v in arrays.items()},
-                )
-            f = monitor.last_features
-            row = {"step": step, "confidence": monitor.confidence}
-            if f is not None:
-                for n in SUCCESS_NAMES + STATE_NAMES + TIMELINE_EXTRAS:
-                    row[n] = f.get(n)
-            rows.append(row)
+                rows, cols = sequences.iloc[a:b], {k: v[a:b] for k, v in arrays.items()}
+            try:
+                f = step_features(step, per_step.get(step, {}), rows, max_classified, cols)
+            except Exception:  # noqa: BLE001 - one odd step must not end the post-mortem
+                f = None
             if bar is not None:
                 bar.advance(task)
+            if f is not None:
+                yield f
     finally:
         if bar is not None:
             bar.stop()
+
+
+def step_features_of(inputs: RunInputs, max_classified: int | None = None) -> list[StepFeatures]:
+    """A run's features, kept for replaying under several settings (`replay_features`)."""
+    limit = MonitorConfig().max_classified if max_classified is None else max_classified
+    return list(iter_step_features(inputs.per_step, inputs.sequences, limit))
+
+
+def replay_features(
+    features: Iterable[StepFeatures],
+    control_tokens: list | None = None,
+    config: MonitorConfig | Mapping[str, Any] | None = None,
+) -> LiveMonitor:
+    """The detectors and the verdict over features computed beforehand; `.alerts` has what they
+    raised. The features must have been computed with the config's `max_classified`."""
+    monitor = LiveMonitor(control_tokens=control_tokens, config=config, source="scan")
+    for f in features:
+        monitor.judge(f)
+    return monitor
+
+
+def replay(
+    per_step: Mapping[int, Mapping[str, float]],
+    sequences: pd.DataFrame | None,
+    control_tokens: list | None = None,
+    config: MonitorConfig | Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> tuple[list[Alert], pd.DataFrame]:
+    """Run the live detectors over stored steps. Returns alerts and a per-step timeline frame."""
+    monitor = LiveMonitor(control_tokens=control_tokens, config=config, source="scan")
+    rows = []
+    for f in iter_step_features(per_step, sequences, monitor.config.max_classified, progress):
+        monitor.judge(f)
+        row = {"step": f.step, "confidence": monitor.confidence}
+        for n in SUCCESS_NAMES + STATE_NAMES + TIMELINE_EXTRAS:
+            row[n] = f.get(n)
+        rows.append(row)
     return monitor.alerts, pd.DataFrame(rows)
 
 
@@ -185,28 +251,8 @@ def scan(
     """Replay the detectors over a run. Bad input raises UserError (one line); a partly readable run
     (a corrupt file skipped) gives findings with a warning. `use_tokens=None` recomputes control-token
     statistics from the tokens table only when the run has no `ctrl/...` scalars."""
-    run = open_any_run(run_or_path)
-    notes: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        long = run.scalars()
-        seqs = run.sequences(columns=[*SEQUENCE_COLUMNS, "rank"])
-        per_step = per_step_scalars(long)
-        has_ctrl = any(n.startswith("ctrl/") for n in long["name"].unique()) if not long.empty else False
-        if use_tokens or (use_tokens is None and not has_ctrl):
-            token_stats = control_stats_from_tokens(run)
-            if token_stats:
-                notes.append("control-token statistics recomputed from the captured token rows")
-            for step, stats in token_stats.items():
-                merged = dict(stats)
-                merged.update(per_step.get(step, {}))
-                per_step[step] = merged
-    notes += [str(w.message) for w in caught]
-    if not per_step and seqs.empty:
-        raise UserError(f"run {run.path} has no steps yet (nothing to scan)")
-    status = run.status
-    if status == "crashed":
-        notes.append("the run's writer crashed or vanished; findings cover the steps it wrote")
+    inputs = read_inputs(run_or_path, use_tokens)
+    run, per_step, seqs, notes = inputs.run, inputs.per_step, inputs.sequences, list(inputs.notes)
     alerts, timeline = replay(per_step, seqs, run.control_tokens, config, progress)
     onset, series = onset_from_timeline(timeline)
     if series in ("reward/mean", "seq/reward_mean"):
