@@ -58,7 +58,8 @@ class MonitorConfig:
     structure_cusum_k: float = 1.0  # robust z a step must exceed to add to the sum (slack)
     structure_cusum_h: float = 8.0  # sum that counts as a shift
     # ... on at least k of the last n steps (1 of 1: the step it holds). A repaired excursion is often
-    # one step of broken turns; a collapse keeps them (docs/detection.md, round 12)
+    # one step of broken turns; a collapse keeps them. 3 of 3, held out in rounds 12-14: 2 of 17
+    # supervised runs that held paged (1 of 1: 13), but a median lead of 3 (1 of 1: 6); docs/detection.md
     structure_persist_k: int = 1
     structure_persist_n: int = 1
     # structural states per GRPO group: a group whose every rollout is broken (the broken format is
