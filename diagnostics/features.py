@@ -107,6 +107,8 @@ MIN_GROUP_FOR_MODE = 4
 
 
 def _to_float(col: pd.Series) -> np.ndarray:
+    if isinstance(col.dtype, np.dtype) and col.dtype.kind in "fiub":  # no pd.NA possible: a plain cast
+        return col.to_numpy(dtype=float)  # (na_value costs ~35 us per int column, a step has several)
     try:
         return col.to_numpy(dtype=float, na_value=np.nan)
     except (TypeError, ValueError):

@@ -9,6 +9,7 @@ from collapsewatch.diagnostics.features import (
     group_keys,
     repeated_ngram_coverage,
     sample_index,
+    sequence_arrays,
     step_features,
 )
 
@@ -78,3 +79,23 @@ def test_classified_sample_takes_whole_groups(ranks):
     _, counts = np.unique(keys[picked], return_counts=True)
     assert set(counts) == {8}
     assert len(sample_index(len(keys), 128)) == 128
+
+
+def test_sequence_arrays_read_every_dtype_a_writer_produces():
+    """Plain numpy columns take a fast cast; nullable and object columns still turn missing into NaN."""
+    seqs = pd.DataFrame(
+        {
+            "reward": np.array([0.5, np.nan, 1.0]),
+            "num_tool_calls": np.array([1, 0, 2], dtype=np.int64),
+            "success": np.array([True, False, True]),
+            "group": pd.array([0, None, 1], dtype="Int64"),
+            "completion_len": pd.Series([10, None, "12"], dtype=object),
+        }
+    )
+    arrays = sequence_arrays(seqs)
+    np.testing.assert_array_equal(arrays["reward"], [0.5, np.nan, 1.0])
+    np.testing.assert_array_equal(arrays["num_tool_calls"], [1.0, 0.0, 2.0])
+    np.testing.assert_array_equal(arrays["success"], [1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(arrays["group"], [0.0, np.nan, 1.0])
+    np.testing.assert_array_equal(arrays["completion_len"], [10.0, np.nan, 12.0])
+    assert all(a.dtype == np.float64 for a in arrays.values())
