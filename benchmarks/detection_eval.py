@@ -24,7 +24,7 @@ import os
 import subprocess
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +32,9 @@ import pandas as pd
 
 from collapsewatch.diagnostics.baseline import RobustBaseline, log10_prob, logit_rate, positive_log
 from collapsewatch.diagnostics.detector_base import MonitorConfig
-from collapsewatch.diagnostics.features import parse_control_stat, step_features
+from collapsewatch.diagnostics.features import StepFeatures, parse_control_stat
 from collapsewatch.diagnostics.onset import collapse_onset, success_series
-from collapsewatch.diagnostics.scan import SEQUENCE_COLUMNS, per_step_scalars, scan
+from collapsewatch.diagnostics.scan import read_inputs, scan, step_features_of
 
 WARMUP = MonitorConfig.warmup
 SKIP = ("step", "lr", "seq/count", "tokens/count")
@@ -59,19 +59,15 @@ def ensure_run(root: Path, recipe: str, seed: int, steps: int | None, train: boo
     return path
 
 
-def step_table(path: Path) -> pd.DataFrame:
+def features_table(features: Iterable[StepFeatures]) -> pd.DataFrame:
     """Wide per-step table: every scalar plus the detectors' derived statistics."""
-    from collapsewatch import open_run
+    return pd.DataFrame([{"step": f.step, **f.derived, **f.scalars} for f in features])
 
-    run = open_run(path)
-    per_step = per_step_scalars(run.scalars())
-    seqs = run.sequences(columns=[*SEQUENCE_COLUMNS, "rank"])
-    by_step = {int(s): f for s, f in seqs.groupby("step")} if len(seqs) else {}
-    rows = []
-    for step in sorted(set(per_step) | set(by_step)):
-        f = step_features(step, per_step.get(step, {}), by_step.get(step), max_classified=128)
-        rows.append({"step": step, **f.derived, **f.scalars})
-    return pd.DataFrame(rows)
+
+def step_table(path: Path) -> pd.DataFrame:
+    """`features_table` of a stored run, as the hook wrote it (control-token statistics are not
+    recomputed from token rows)."""
+    return features_table(step_features_of(read_inputs(path, use_tokens=False)))
 
 
 def success_of(t: pd.DataFrame) -> tuple[np.ndarray, str]:

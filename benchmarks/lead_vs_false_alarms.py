@@ -30,14 +30,19 @@ from detection_eval import (
     WARMUP,
     alarm_leads,
     baseline_alarm,
+    features_table,
     run_dir,
-    step_table,
     success_of,
 )
 from rich.progress import track
 
 from collapsewatch.diagnostics.onset import collapse_onset
-from collapsewatch.diagnostics.scan import read_inputs, replay_features, step_features_of
+from collapsewatch.diagnostics.scan import (
+    first_critical_step,
+    read_inputs,
+    replay_features,
+    step_features_of,
+)
 
 # Our settings (docs/detection.md, "The trade-off"), each written out from round 7's rule (setting C:
 # structure CUSUM k 1, h 8, no text gate) so that their meaning does not move with the shipped default
@@ -70,10 +75,6 @@ PROBE_SETTINGS = {
     "D, text gate at 1.5x": {**SETTING_D, **TEXT_GATE, "probe_text_fold": 1.5},
     "text drift + any family": {**SETTING_D, **TEXT_GATE, "verdict_requires": ()},
 }
-
-
-def first_critical(alerts: list) -> int | None:
-    return min((a.step for a in alerts if a.severity == "critical"), default=None)
 
 
 def score(alarms: dict[str, int | None], onsets: dict[str, int | None], collapsing: set[str]) -> dict:
@@ -184,18 +185,18 @@ def main() -> None:
 
     tables, onsets, features, control_tokens = {}, {}, {}, {}
     for name, path in track(paths.items(), description="reading runs"):
-        t = step_table(path)
+        inputs = read_inputs(path)
+        features[name] = step_features_of(inputs)  # once per run: the table and every setting share it
+        control_tokens[name] = inputs.run.control_tokens
+        t = features_table(features[name])
         tables[name] = t
         onsets[name] = collapse_onset(t["step"].to_numpy(), success_of(t)[0])
-        inputs = read_inputs(path)
-        features[name] = step_features_of(inputs)  # once per run: the settings below share it
-        control_tokens[name] = inputs.run.control_tokens
 
     ours = []
     settings = OUR_SETTINGS | (PROBE_SETTINGS if args.probe_settings else {})
     for setting, overrides in track(settings.items(), description="our settings"):
         alarms = {
-            n: first_critical(replay_features(features[n], control_tokens[n], overrides).alerts)
+            n: first_critical_step(replay_features(features[n], control_tokens[n], overrides).alerts)
             for n in paths
         }
         ours.append({"setting": setting, **score(alarms, onsets, collapsing)})

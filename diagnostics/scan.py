@@ -147,7 +147,7 @@ def iter_step_features(
     max_classified: int,
     progress: bool = False,
 ) -> Iterator[StepFeatures]:
-    """Every stored step's features, in step order. With reading the run, this is about 60% of a
+    """Every stored step's features, in step order. With reading the run, this is 60-70% of a
     scan of a bundled-trainer run (the structural state of each rollout), so a sweep over detector
     settings computes it once per run (`step_features_of`, then `replay_features` per setting). A
     step whose features cannot be computed is skipped, as the live monitor skips it."""
@@ -226,6 +226,11 @@ def replay(
     return monitor.alerts, pd.DataFrame(rows)
 
 
+def first_critical_step(alerts: Iterable[Alert]) -> int | None:
+    """The step of the first page (critical alert), or None."""
+    return min((a.step for a in alerts if a.severity == "critical"), default=None)
+
+
 def onset_from_timeline(timeline: pd.DataFrame) -> tuple[int | None, str | None]:
     found = success_series(timeline)
     if found is None:
@@ -257,9 +262,8 @@ def scan(
     onset, series = onset_from_timeline(timeline)
     if series in ("reward/mean", "seq/reward_mean"):
         notes.append("no success rate in this run: collapse onset computed on the mean reward")
-    criticals = [a.step for a in alerts if a.severity == "critical"]
     warns = [a.step for a in alerts if a.rank >= 1]
-    first_critical = min(criticals) if criticals else None
+    first_critical = first_critical_step(alerts)
     lead = onset - first_critical if onset is not None and first_critical is not None else None
     ranking = rank_control_tokens(per_step, onset, warmup=MonitorConfig.from_any(config).warmup)
     return Findings(

@@ -61,7 +61,7 @@ def test_scan_finds_onset_lead_and_root_cause(runs):
     [
         {},
         {"structure_persist_k": 3, "structure_persist_n": 3},
-        {"warmup": 25, "verdict_requires": ()},
+        {"verdict_min_families": 3},
     ],
 )
 def test_replaying_cached_features_equals_scan(runs, settings):
@@ -75,6 +75,10 @@ def test_replaying_cached_features_equals_scan(runs, settings):
     replayed = replay_features(features, inputs.run.control_tokens, settings).alerts
     scanned = scan(collapsing, config=settings).alerts
     assert any(a.severity == "critical" for a in scanned)  # a comparison with something to compare
+    if settings:  # ... and settings that change the alerts, so a replay that ignored them would fail
+        assert [(a.step, a.detector) for a in scanned] != [
+            (a.step, a.detector) for a in scan(collapsing).alerts
+        ]
     assert [(a.step, a.detector, a.severity, a.message) for a in replayed] == [
         (a.step, a.detector, a.severity, a.message) for a in scanned
     ]
