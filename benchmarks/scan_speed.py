@@ -5,7 +5,8 @@ real RunWriter, then times:
   * scan_s:         `scan(run)` as the CLI runs it (steps + sequences; ctrl/... scalars from the hook)
   * scan_tokens_s:  `scan(run, use_tokens=True)`: also recomputes every control-token statistic from
                     the 10M token rows with DuckDB (what happens for runs without ctrl/... scalars)
-  * live_ms_per_step: LiveMonitor.update per step with 64 and 256 rollouts (budget: 5 ms)
+  * live_ms_per_step: LiveMonitor.update per step with 64 and 256 rollouts, fed plain columns as the
+                    hook feeds it (budget: 5 ms); and fed a DataFrame, as the hook did before
 Prints a JSON object as its last line. Usage: .venv/bin/python benchmarks/scan_speed.py [--steps 1000]
 """
 
@@ -26,7 +27,12 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def live_cost(rollouts: int, steps: int = 120) -> float:
+def live_cost(rollouts: int, steps: int = 120) -> dict[str, float]:
+    """Median ms per step of the live detectors fed as the hook feeds them (the step's sequences as
+    plain columns), and, interleaved step by step, fed a DataFrame built from those columns (what
+    the hook did before; the frame's construction is counted, as the hook paid it)."""
+    import pandas as pd
+
     from collapsewatch.diagnostics.live import LiveMonitor
     from collapsewatch.diagnostics.synthetic import synthetic_run
 
@@ -37,13 +43,16 @@ def live_cost(rollouts: int, steps: int = 120) -> float:
             [t.replace("alice", f"acct{s.step}_{i}") for t in turns]
             for i, turns in enumerate(s.sequences["turn_texts"])
         ]
-    mon = LiveMonitor()
-    times = []
-    for s in data:
-        t0 = time.perf_counter()
-        mon.update(s.step, s.scalars, s.sequences)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1000)
+    columns = [{c: s.sequences[c].tolist() for c in s.sequences.columns} for s in data]
+    monitors = {"columns": LiveMonitor(), "frame": LiveMonitor()}
+    times: dict[str, list[float]] = {"columns": [], "frame": []}
+    for i, (s, cols) in enumerate(zip(data, columns, strict=True)):
+        for path in ("columns", "frame") if i % 2 else ("frame", "columns"):
+            t0 = time.perf_counter()
+            rows = cols if path == "columns" else pd.DataFrame(cols)
+            monitors[path].update(s.step, s.scalars, rows)
+            times[path].append(time.perf_counter() - t0)
+    return {path: float(np.median(t) * 1000) for path, t in times.items()}
 
 
 def main() -> None:
@@ -92,6 +101,7 @@ def main() -> None:
     findings_tok = scan(run_dir, use_tokens=True)
     scan_tokens_s = time.perf_counter() - t0
 
+    live64, live256 = live_cost(64), live_cost(256)
     result = {
         "benchmark": "scan_speed",
         "cpu_count": os.cpu_count(),
@@ -107,9 +117,10 @@ def main() -> None:
         "collapse_onset_step": findings.collapse_onset_step,
         "first_critical_step": findings.first_critical_step,
         "root_cause_from_tokens": findings_tok.root_cause[0]["evidence"] if findings_tok.root_cause else None,
-        "live_ms_per_step_64_rollouts": round(live_cost(64), 2),
-        "live_ms_per_step_256_rollouts": round(live_cost(256), 2),
+        "live_ms_per_step_64_rollouts": round(live64["columns"], 2),
+        "live_ms_per_step_256_rollouts": round(live256["columns"], 2),
         "live_budget_ms": 5.0,
+        "live_ms_per_step_via_dataframe_64_256": [round(live64["frame"], 2), round(live256["frame"], 2)],
     }
     if not args.root:
         shutil.rmtree(root, ignore_errors=True)

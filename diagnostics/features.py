@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -54,8 +55,17 @@ class StepFeatures:
     step: int
     scalars: dict[str, float]
     derived: dict[str, float] = field(default_factory=dict)
-    sequences: pd.DataFrame | None = None
+    rows: pd.DataFrame | Mapping[str, Any] | None = None  # the step's sequences rows, as given
     rollout_states: list[StructuralState | None] | None = None
+
+    @cached_property
+    def sequences(self) -> pd.DataFrame | None:
+        """The sequences rows as a DataFrame, built on first use: only an alert's evidence reads it,
+        and a hook hands over plain columns (building a frame of 256 rollouts costs ~1.5 ms)."""
+        rows = self.rows
+        if rows is None or isinstance(rows, pd.DataFrame):
+            return rows
+        return pd.DataFrame(dict(rows))
 
     def get(self, name: str, default: float = math.nan) -> float:
         v = self.scalars.get(name)
@@ -106,7 +116,12 @@ NOT_POLICY_SAMPLES = ("expert", "hint")
 MIN_GROUP_FOR_MODE = 4
 
 
-def _to_float(col: pd.Series) -> np.ndarray:
+def _to_float(col: pd.Series | Any) -> np.ndarray:
+    if not isinstance(col, pd.Series):  # a list or array from a hook: None becomes NaN in the cast
+        try:
+            return np.asarray(col, dtype=float)
+        except (TypeError, ValueError):
+            col = pd.Series(col, dtype=object)
     if isinstance(col.dtype, np.dtype) and col.dtype.kind in "fiub":  # no pd.NA possible: a plain cast
         return col.to_numpy(dtype=float)  # (na_value costs ~35 us per int column, a step has several)
     try:
@@ -115,16 +130,36 @@ def _to_float(col: pd.Series) -> np.ndarray:
         return pd.to_numeric(col, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
 
 
-def sequence_arrays(seqs: pd.DataFrame) -> dict[str, np.ndarray]:
+def _to_objects(col: pd.Series | Any) -> np.ndarray:
+    if isinstance(col, pd.Series):
+        return col.to_numpy(dtype=object)
+    out = np.empty(len(col), dtype=object)  # element by element: a list of equal-length lists
+    for i, v in enumerate(col):  # (turn texts) must stay a 1-D array of lists, not become 2-D
+        out[i] = v
+    return out
+
+
+def row_count(seqs: pd.DataFrame | Mapping[str, Any] | None) -> int:
+    """Rows of a DataFrame, or of a mapping of equal-length columns (0 for None or no columns)."""
+    if seqs is None:
+        return 0
+    if isinstance(seqs, pd.DataFrame):
+        return len(seqs)
+    return len(next(iter(seqs.values()))) if len(seqs) else 0
+
+
+def sequence_arrays(seqs: pd.DataFrame | Mapping[str, Any]) -> dict[str, np.ndarray]:
     """The columns the statistics need, converted once: numbers as float64 (NaN when missing),
-    text columns as object arrays. `scan` converts the whole table once and slices it per step."""
+    text columns as object arrays. Takes a DataFrame, or the mapping of columns a hook builds (no
+    frame needed). `scan` converts the whole table once and slices it per step."""
+    names = seqs.columns if isinstance(seqs, pd.DataFrame) else seqs.keys()
     out: dict[str, np.ndarray] = {}
     for name in FLOAT_COLUMNS:
-        if name in seqs.columns:
+        if name in names:
             out[name] = _to_float(seqs[name])
     for name in OBJECT_COLUMNS:
-        if name in seqs.columns:
-            out[name] = seqs[name].to_numpy(dtype=object)
+        if name in names:
+            out[name] = _to_objects(seqs[name])
     return out
 
 
@@ -230,11 +265,9 @@ def derive_sequence_stats(
     """Step statistics from the sequences rows of one step (all ranks), given as a DataFrame or as
     `sequence_arrays`. Text statistics (structural states, repetition) use at most `max_classified`
     evenly spaced rollouts; `None` marks the rest."""
+    n = row_count(seqs)
     if isinstance(seqs, pd.DataFrame):
-        n = len(seqs)
         seqs = sequence_arrays(seqs)
-    else:
-        n = len(next(iter(seqs.values()))) if seqs else 0
     out: dict[str, float] = {}
     states: list[StructuralState] | None = None
     if n == 0:
@@ -325,11 +358,12 @@ def derive_sequence_stats(
 def step_features(
     step: int,
     scalars: Mapping[str, Any],
-    sequences: pd.DataFrame | None,
+    sequences: pd.DataFrame | Mapping[str, Any] | None,
     max_classified: int | None = None,
     arrays: Mapping[str, np.ndarray] | None = None,
 ) -> StepFeatures:
-    """Build the detectors' view of one step. Bad cells become NaN; nothing here raises on odd input."""
+    """Build the detectors' view of one step from its scalars and its sequences rows (a DataFrame, or
+    a mapping of equal-length columns). Bad cells become NaN; nothing here raises on odd input."""
     clean: dict[str, float] = {}
     for k, v in (scalars or {}).items():
         if k == "step":
@@ -337,6 +371,8 @@ def step_features(
         clean[str(k)] = _finite(v)
     derived: dict[str, float] = {}
     states = None
-    if sequences is not None and len(sequences):
+    if row_count(sequences):
+        if arrays is None and not isinstance(sequences, pd.DataFrame):
+            arrays = sequence_arrays(sequences)  # plain columns from a hook: no DataFrame on this path
         derived, states = derive_sequence_stats(arrays if arrays is not None else sequences, max_classified)
     return StepFeatures(int(step), clean, derived, sequences, states)

@@ -100,10 +100,11 @@ class LiveMonitor:
         self,
         step: int,
         scalars: Mapping[str, float] | None,
-        sequences: pd.DataFrame | None = None,
+        sequences: pd.DataFrame | Mapping[str, Any] | None = None,
         arrays: Mapping[str, Any] | None = None,
     ) -> list[Alert]:
-        """Judge one step. `arrays` (optional) are `features.sequence_arrays(sequences)`, precomputed."""
+        """Judge one step. `sequences` are its rollout rows: a DataFrame, or a mapping of equal-length
+        columns as a hook builds them. `arrays` (optional) are `features.sequence_arrays(sequences)`."""
         t0 = time.perf_counter()
         try:
             f = step_features(step, scalars or {}, sequences, self.config.max_classified, arrays)

@@ -38,13 +38,9 @@ class StructuralState(str, Enum):
 
 assert tuple(s.value for s in StructuralState) == STRUCTURAL_STATES
 
-# Badness order: a rollout is as broken as its worst turn.
-_SEVERITY = {
-    StructuralState.HEALTHY_TOOL_CALL: 0,
-    StructuralState.HEALTHY_RESPONSE: 0,
-    StructuralState.TEXT_POLLUTION: 1,
-    StructuralState.FULL_COLLAPSE: 2,
-}
+# Badness order: a rollout is as broken as its worst turn (full collapse, then text pollution).
+_TEXT_POLLUTION, _FULL_COLLAPSE = StructuralState.TEXT_POLLUTION, StructuralState.FULL_COLLAPSE
+_STATE_VALUES = tuple((s, s.value) for s in StructuralState)
 
 _OPEN, _CLOSE = "<tool_call>", "</tool_call>"
 _BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
@@ -125,17 +121,18 @@ def parse_call(body: str) -> bool:
 
 def _strip_turn(text: str) -> tuple[str, int]:
     """Remove a leading assistant header and trailing end markers; return (text, end markers removed)."""
-    text = _LEADING_ROLE.sub("", text, count=1)
+    header = _LEADING_ROLE.match(text)
+    if header:
+        text = text[header.end() :]
     removed = 0
-    changed = True
-    while changed:
-        changed = False
-        stripped = text.rstrip()
+    stripped = text.rstrip()
+    while stripped.endswith(_END_MARKERS):  # one C-level check for the common no-marker case
         for marker in _END_MARKERS:
             if stripped.endswith(marker):
                 text = stripped[: -len(marker)]
-                removed += 1
-                changed = True
+                break
+        removed += 1
+        stripped = text.rstrip()
     return text, removed
 
 
@@ -156,18 +153,19 @@ def _is_degenerate_repetition(text: str) -> bool:
 @lru_cache(maxsize=1 << 16)
 def _classify(text: str) -> StructuralState:
     body, end_markers = _strip_turn(text)
-    residue = _SPECIAL.sub(" ", body)
+    residue = _SPECIAL.sub(" ", body) if "<" in body else body  # every special token starts with "<"
     if not body.strip() or not _has_words(residue):
         # empty turn, a bare tag, repeated control tokens, punctuation only
         return StructuralState.FULL_COLLAPSE
     if end_markers > 1:
         return StructuralState.TEXT_POLLUTION
 
-    if _ANY_TOOL_TAG.search(body):
+    if "tool_call>" in body and _ANY_TOOL_TAG.search(body):
         opens, closes = body.count(_OPEN), body.count(_CLOSE)
-        blocks = _BLOCK.findall(body)
+        pieces = _BLOCK.split(body)  # text, block, text, block, ..., text: one pass for both
+        blocks = pieces[1::2]
         parsed = [parse_call(b) for b in blocks]
-        outside = _BLOCK.sub("", body)
+        outside = "".join(pieces[0::2])
         after_last = body[body.rfind(_CLOSE) + len(_CLOSE) :] if closes else body
         balanced = opens == closes == len(blocks) and blocks
         if balanced and all(parsed):
@@ -239,14 +237,16 @@ def summarize_rollout(turn_texts: Sequence[object] | str | None) -> RolloutSumma
         except TypeError:
             turns = [turn_texts]
     states = [classify_turn(t) for t in turns]
-    counts = {s: 0 for s in STRUCTURAL_STATES}
-    for s in states:
-        counts[s.value] += 1
+    # `list.count` and `in` compare by identity first, and `.value` (an enum property) is read once
+    # here, not per turn: this runs for every sampled rollout of every live step.
+    counts = {value: states.count(state) for state, value in _STATE_VALUES}
     if not states:
         return RolloutSummary([], StructuralState.FULL_COLLAPSE, counts, 0, 0)
-    worst = max(states, key=lambda s: _SEVERITY[s])
-    state = worst if not worst.healthy else states[-1]
-    first_bad = next((i for i, s in enumerate(states) if not s.healthy), None)
+    if _FULL_COLLAPSE in states or _TEXT_POLLUTION in states:
+        state = _FULL_COLLAPSE if _FULL_COLLAPSE in states else _TEXT_POLLUTION
+        first_bad = next(i for i, s in enumerate(states) if s is _TEXT_POLLUTION or s is _FULL_COLLAPSE)
+    else:
+        state, first_bad = states[-1], None
     return RolloutSummary(states, state, counts, first_bad, counts["healthy_tool_call"])
 
 

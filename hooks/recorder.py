@@ -510,10 +510,7 @@ class Recorder:
         if self.monitor is None:
             return
         try:
-            import pandas as pd
-
-            frame = None if sequences is None else pd.DataFrame(sequences)
-            alerts = self.monitor.update(step, scalars, frame) or []
+            alerts = self.monitor.update(step, scalars, sequences) or []
         except Exception as exc:
             self.record_failure("live_monitor", exc)
             return

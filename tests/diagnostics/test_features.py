@@ -99,3 +99,28 @@ def test_sequence_arrays_read_every_dtype_a_writer_produces():
     np.testing.assert_array_equal(arrays["group"], [0.0, np.nan, 1.0])
     np.testing.assert_array_equal(arrays["completion_len"], [10.0, np.nan, 12.0])
     assert all(a.dtype == np.float64 for a in arrays.values())
+
+
+def test_sequence_arrays_read_a_hooks_plain_columns_like_the_dataframe_of_them():
+    """A hook hands over lists with None holes; equal-length turn lists must stay one list per row."""
+    columns = {
+        "reward": [0.5, None, 1.0],
+        "num_tool_calls": [1, 0, 2],
+        "success": [True, False, None],
+        "completion_len": [10, None, "12"],
+        "turn_texts": [["a", "b"], ["c", "d"], ["e", "f"]],
+        "text": ["ab", None, "ef"],
+    }
+    arrays = sequence_arrays(columns)
+    framed = sequence_arrays(pd.DataFrame(columns))
+    assert arrays.keys() == framed.keys()
+    def missing_as_none(values):  # pandas' str dtype reads a None cell back as NaN
+        return [None if isinstance(v, float) and np.isnan(v) else v for v in values]
+
+    for name in arrays:
+        if arrays[name].dtype == object:
+            assert arrays[name].shape == (3,)
+            assert missing_as_none(arrays[name]) == missing_as_none(framed[name])
+        else:
+            np.testing.assert_array_equal(arrays[name], framed[name])
+    np.testing.assert_array_equal(arrays["completion_len"], [10.0, np.nan, 12.0])

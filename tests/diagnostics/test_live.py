@@ -158,3 +158,19 @@ def test_webhook_failure_is_counted_not_raised():
     assert sink.failures == 1 and sink.sent == 0
     with pytest.raises(ValueError):
         WebhookSink("ftp://example", "info")
+
+
+def test_plain_columns_judge_exactly_as_the_dataframe_of_them():
+    """The hook feeds plain columns (no DataFrame per step); alerts, evidence included, must not change,
+    and the frame an alert's evidence reads is built only on demand."""
+    by_columns, by_frame = LiveMonitor(), LiveMonitor()
+    for s in synthetic_run(n_steps=90, collapse_at=55, seed=5):
+        columns = {c: s.sequences[c].tolist() for c in s.sequences.columns}
+        by_columns.update(s.step, s.scalars, columns)
+        by_frame.update(s.step, s.scalars, pd.DataFrame(columns))
+        assert by_columns.last_features.derived == by_frame.last_features.derived
+    assert any(a.severity == "critical" for a in by_frame.alerts)
+    assert [a.to_dict() for a in by_columns.alerts] == [a.to_dict() for a in by_frame.alerts]
+    last = by_columns.last_features
+    assert "sequences" not in vars(last) or isinstance(last.sequences, pd.DataFrame)
+    assert list(last.sequences.columns) == list(columns)
