@@ -50,6 +50,8 @@ class MonitorConfig:
     # (from the bundled warm start the supervised runs drifted 2.0-3.2x, two that dipped below the onset
     # line and recovered 3.5x and 4.4x, the collapses 11-113x; docs/detection.md, rounds 11-13)
     probe_text_fold: float = 2.0
+    # >= this fold (on persist_k of persist_n steps) pages on its own; 0, the default, turns it off
+    probe_text_page_fold: float = 0.0
     # structural states
     max_classified: int = 128  # rollouts per step whose text is classified (evenly spaced sample)
     # structural states: one-sided CUSUM of the broken-turn share (logit scale) against the warm-up's

@@ -115,7 +115,7 @@ class ProbeTextDrift(Detector):
     def __init__(self, config: MonitorConfig):
         super().__init__(config)
         self._reference = _StartReference(config)
-        self._persist = KofN(config.persist_k, config.persist_n)
+        self._persist = {level: KofN(config.persist_k, config.persist_n) for level in ("critical", "warning")}
 
     def update(self, f: StepFeatures) -> list[Alert]:
         c = self.config
@@ -126,12 +126,18 @@ class ProbeTextDrift(Detector):
         if measured is None or not self.warmed_up:
             return []
         fold, cost, reference = measured
-        if not self._persist.update(0 < c.probe_text_fold <= fold):
+        severity = None
+        for level, threshold in (("critical", c.probe_text_page_fold), ("warning", c.probe_text_fold)):
+            if self._persist[level].update(0 < threshold <= fold) and severity is None:
+                severity = level
+        if severity is None:
             return []
+        alone = " It pages on its own (probe_text_page_fold)." if severity == "critical" else ""
         msg = (
             f"On the reference conversations, the expert's ordinary (non-control) tokens cost {fmt(fold)}x "
             f"the log-loss they had at the start ({fmt(reference)} -> {fmt(cost)} nats): the policy is "
-            f"drifting away from the expert's language as a whole, which supervised runs did not do. {_FIX}"
+            f"drifting away from the expert's language as a whole, which supervised runs did not do.{alone} "
+            f"{_FIX}"
         )
-        alert = self.emit(f, "warning", msg, cost, reference, fold=fold)
+        alert = self.emit(f, severity, msg, cost, reference, fold=fold)
         return [alert] if alert else []

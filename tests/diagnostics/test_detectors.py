@@ -505,3 +505,21 @@ def test_probe_drift_warns_then_pages_and_names_the_token():
     assert [(a.step, a.severity) for a in alerts] == [(21, "warning"), (36, "critical")]
     assert alerts[0].evidence["token"] == "</tool_call>" and alerts[0].family == "probe"
     assert "</tool_call>" in alerts[1].message and alerts[1].evidence["fold"] >= 45
+
+
+def test_probe_text_drift_warns_then_pages_alone_only_when_asked():
+    """The expert text at 2.2x its start warns; at 3x it pages on its own only with
+    probe_text_page_fold set (off by default), and the page names itself in the message."""
+
+    def replay(config):
+        det, alerts = ProbeTextDrift(config), []
+        for step in range(60):
+            fold = 1.0 if step < 20 else 2.2 if step < 35 else 3.0
+            alerts += det.update(step_features(step, {"probe/logp_text": -0.03 * fold}, None))
+        return alerts
+
+    assert [(a.step, a.severity) for a in replay(CONFIG)] == [(21, "warning")]
+    alerts = replay(dataclasses.replace(CONFIG, probe_text_page_fold=2.5))
+    assert [(a.step, a.severity) for a in alerts] == [(21, "warning"), (36, "critical")]
+    assert alerts[1].family == "drift" and "pages on its own" in alerts[1].message
+    assert "pages on its own" not in alerts[0].message
