@@ -45,11 +45,11 @@ from collapsewatch.diagnostics.scan import (
 )
 
 # Our settings (docs/detection.md, "The trade-off"), each written out from round 7's rule (setting C:
-# structure CUSUM k 1, h 8, no text gate) so that their meaning does not move with the shipped default
-# (round 7's rule again since round 13; round 12's default was "C + text gate at 3x").
+# structure CUSUM k 1, h 8, no text gate, no page on the drift) so that their meaning does not move
+# with the shipped default (round 15's "drift pages at 2.5x"; round 7's rule for runs without a probe).
 # A, B, D: structure CUSUM slack k, threshold h and minimum rise; "any 2 families" also drops the
 # verdict's requirement that the structure family be one of them.
-ROUND7 = {"verdict_requires_if_seen": (), "probe_text_fold": 2.0}
+ROUND7 = {"verdict_requires_if_seen": (), "probe_text_fold": 2.0, "probe_text_page_fold": 0.0}
 SETTING_D = {**ROUND7, "structure_cusum_k": 1.5, "structure_cusum_h": 5.0}
 TEXT_GATE = {"verdict_requires_if_seen": ("drift",)}
 OUR_SETTINGS = {
@@ -74,6 +74,13 @@ PROBE_SETTINGS = {
     "C + text gate at 3x": {**ROUND7, **TEXT_GATE, "probe_text_fold": 3.0},
     "D, text gate at 1.5x": {**SETTING_D, **TEXT_GATE, "probe_text_fold": 1.5},
     "text drift + any family": {**SETTING_D, **TEXT_GATE, "verdict_requires": ()},
+    "drift pages at 2.5x (round 15, default)": {
+        **ROUND7,
+        **TEXT_GATE,
+        "probe_text_fold": 2.5,
+        "probe_text_page_fold": 2.5,
+    },
+    "drift pages at 3x": {**ROUND7, **TEXT_GATE, "probe_text_fold": 3.0, "probe_text_page_fold": 3.0},
 }
 
 

@@ -49,9 +49,13 @@ class MonitorConfig:
     # the expert's ordinary tokens on the probe: this fold over their start cost warns (family "drift");
     # (from the bundled warm start the supervised runs drifted 2.0-3.2x, two that dipped below the onset
     # line and recovered 3.5x and 4.4x, the collapses 11-113x; docs/detection.md, rounds 11-13)
-    probe_text_fold: float = 2.0
-    # >= this fold (on persist_k of persist_n steps) pages on its own; 0, the default, turns it off
-    probe_text_page_fold: float = 0.0
+    probe_text_fold: float = 2.5
+    # >= this fold (on persist_k of persist_n steps) pages on its own; 0 turns it off. Default since
+    # round 15 (docs/detection.md): with the gate below, a run with a probe pages on the drift, and
+    # runs without one keep round 7's rule. Rounds 11-14 in-sample: 23 of 24 collapses by the onset,
+    # median lead 5, 4 of 27 supervised runs that held paged (round 7's rule: 21, 6, 19); round 15
+    # held out: 5 of 5, lead 4, 2 of 7 runs that held (round 7's rule: 4 of 5, 6, 4 of 7)
+    probe_text_page_fold: float = 2.5
     # structural states
     max_classified: int = 128  # rollouts per step whose text is classified (evenly spaced sample)
     # structural states: one-sided CUSUM of the broken-turn share (logit scale) against the warm-up's
@@ -94,11 +98,10 @@ class MonitorConfig:
     verdict_cooldown: int = 20
     # families that must be among the agreeing ones for a page (empty: any two families will do)
     verdict_requires: tuple[str, ...] = ("structure",)
-    # ... and these too, when the run has data for them (a run without a reference probe has no drift).
-    # Off by default. ("drift",) with probe_text_fold=3 pages no supervised run that held in rounds 12
-    # and 13 but caught one collapse fewer by its onset in round 13, so by its pre-registered rule it
-    # went back to being an option (docs/detection.md, round 13)
-    verdict_requires_if_seen: tuple[str, ...] = ()
+    # ... and these too, when the run has data for them (a run without a reference probe has no drift,
+    # and is judged by round 7's rule). With the drift's own page (probe_text_page_fold) the structure
+    # verdict then adds nothing the drift did not already page; () turns the gate off
+    verdict_requires_if_seen: tuple[str, ...] = ("drift",)
 
     @classmethod
     def from_any(cls, config: MonitorConfig | Mapping[str, Any] | None) -> MonitorConfig:

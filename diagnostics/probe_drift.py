@@ -13,11 +13,12 @@ transients that precede some collapses also come in supervised runs that recover
 Its own family, "drift": the control tokens move in bursts in every run of the bundled trainer,
 while the expert's text cost passed 2x its start mostly in runs without supervision that went on
 to collapse (docs/detection.md, rounds 7 and 8). It warns and counts as one family in the verdict.
-As a gate (`verdict_requires_if_seen=("drift",)`, `probe_text_fold=3`, an option) a run with a probe
-pages only once it has drifted 3x: from the bundled warm start the supervised runs that held drifted
-2.0-3.2x, two that dipped and recovered 3.5x and 4.4x, the collapses 11-113x. The gate spared every
-held-out supervised run that held in rounds 12 and 13, but paged one collapse in six after its onset
-that round 7's rule caught before it (round 13), so it is not the default.
+Since round 15 it pages on its own at `probe_text_page_fold` (2.5x, on 2 of 3 steps), and the
+structure verdict waits for it (`verdict_requires_if_seen=("drift",)`): a run with a probe pages on
+the drift, one without keeps round 7's rule. From the bundled warm start the supervised runs that
+held drifted 2.0-3.2x, three that dipped and recovered 2.5-4.4x, two unsupervised low-LR runs that
+held 1.4x and 2.9x, the collapses 11-125x. Held out in round 15 it caught 5 of 5 collapses by the
+onset (round 7's rule 4) with a median lead of 4 (6), and paged 2 of 7 runs that held (4).
 """
 
 from __future__ import annotations

@@ -400,7 +400,7 @@ def test_verdict_pages_only_when_the_format_itself_breaks():
 
 
 def test_verdict_requires_text_drift_only_in_runs_with_a_probe():
-    """With the gate on (an option; round 12's default), structure plus control tokens is not enough
+    """With the gate on (the default since round 15), structure plus control tokens is not enough
     in a run with a reference probe: the expert's text must have drifted too. A run without the
     probe's text series is judged by structure and any other family, as before."""
     from collapsewatch.diagnostics.alerts import Alert
@@ -421,8 +421,8 @@ def test_verdict_requires_text_drift_only_in_runs_with_a_probe():
     unprobed = CombinedVerdict(gated)
     page = unprobed.update(30, [warn(30, "control"), warn(30, "structure")], {"control", "structure"})
     assert page and set(page[0].evidence["families"]) == {"control", "structure"}
-    assert MonitorConfig().verdict_requires_if_seen == ()  # the default (round 7's rule) does not gate
-    ungated = CombinedVerdict(MonitorConfig())
+    assert MonitorConfig().verdict_requires_if_seen == ("drift",)  # the default since round 15
+    ungated = CombinedVerdict(MonitorConfig(verdict_requires_if_seen=()))  # round 7's rule
     assert ungated.update(30, [warn(30, "control"), warn(30, "structure")], with_probe)
 
 
@@ -508,8 +508,8 @@ def test_probe_drift_warns_then_pages_and_names_the_token():
 
 
 def test_probe_text_drift_warns_then_pages_alone_only_when_asked():
-    """The expert text at 2.2x its start warns; at 3x it pages on its own only with
-    probe_text_page_fold set (off by default), and the page names itself in the message."""
+    """The expert text at 2.2x its start warns (at a 2x warning fold); at 3x it pages on its own
+    only while probe_text_page_fold is set, and the page names itself in the message."""
 
     def replay(config):
         det, alerts = ProbeTextDrift(config), []
@@ -518,8 +518,9 @@ def test_probe_text_drift_warns_then_pages_alone_only_when_asked():
             alerts += det.update(step_features(step, {"probe/logp_text": -0.03 * fold}, None))
         return alerts
 
-    assert [(a.step, a.severity) for a in replay(CONFIG)] == [(21, "warning")]
-    alerts = replay(dataclasses.replace(CONFIG, probe_text_page_fold=2.5))
+    warn_only = dataclasses.replace(CONFIG, probe_text_fold=2.0, probe_text_page_fold=0.0)
+    assert [(a.step, a.severity) for a in replay(warn_only)] == [(21, "warning")]
+    alerts = replay(dataclasses.replace(warn_only, probe_text_page_fold=2.5))
     assert [(a.step, a.severity) for a in alerts] == [(21, "warning"), (36, "critical")]
     assert alerts[1].family == "drift" and "pages on its own" in alerts[1].message
     assert "pages on its own" not in alerts[0].message

@@ -114,6 +114,7 @@ def test_sequence_arrays_read_a_hooks_plain_columns_like_the_dataframe_of_them()
     arrays = sequence_arrays(columns)
     framed = sequence_arrays(pd.DataFrame(columns))
     assert arrays.keys() == framed.keys()
+
     def missing_as_none(values):  # pandas' str dtype reads a None cell back as NaN
         return [None if isinstance(v, float) and np.isnan(v) else v for v in values]
 

@@ -124,7 +124,8 @@ def test_live_monitor_alerts_and_stop_on(tmp_path):
     rec.end_step(run_loop_step)
     assert rec.should_stop
     step, scalars, sequences = rec.monitor.calls[0]
-    assert step == 1 and "ctrl/<tool_call>/turn_start/p99" in scalars and len(sequences["seq"]) == 4  # plain columns, no DataFrame
+    # the monitor gets plain columns, no DataFrame
+    assert step == 1 and "ctrl/<tool_call>/turn_start/p99" in scalars and len(sequences["seq"]) == 4
     rec.close()
     alerts = open_run(tmp_path / "live").alerts()
     assert list(alerts.detector) == ["control_spike"] and alerts.source.iloc[0] == "live"
