@@ -137,7 +137,8 @@ class ProbeTextDrift(Detector):
         msg = (
             f"On the reference conversations, the expert's ordinary (non-control) tokens cost {fmt(fold)}x "
             f"the log-loss they had at the start ({fmt(reference)} -> {fmt(cost)} nats): the policy is "
-            f"drifting away from the expert's language as a whole, which supervised runs did not do.{alone} "
+            f"drifting away from the expert's language as a whole (on the bundled trainer, supervised runs that "
+            f"held stayed under ~3.2x; collapses went on to 11-125x).{alone} "
             f"{_FIX}"
         )
         alert = self.emit(f, severity, msg, cost, reference, fold=fold)
