@@ -16,8 +16,8 @@ to collapse (docs/detection.md, rounds 7 and 8). It warns and counts as one fami
 Since round 15 it pages on its own at `probe_text_page_fold` (2.5x, on 2 of 3 steps), and the
 structure verdict waits for it (`verdict_requires_if_seen=("drift",)`): a run with a probe pages on
 the drift, one without keeps round 7's rule. From the bundled warm start the supervised runs that
-held drifted 2.0-3.2x, three that dipped and recovered 2.5-4.4x, two unsupervised low-LR runs that
-held 1.4x and 2.9x, the collapses 11-125x. Held out in round 15 it caught 5 of 5 collapses by the
+held drifted 2.0-3.2x (one 160-step run 5.8x, in a repaired excursion every rule paged), three that
+dipped and recovered 2.5-4.4x, four unsupervised low-LR runs that held 1.4-2.9x, the collapses 11-125x. Held out in round 15 it caught 5 of 5 collapses by the
 onset (round 7's rule 4) with a median lead of 4 (6), and paged 2 of 7 runs that held (4).
 """
 
