@@ -34,7 +34,7 @@ from collapsewatch.diagnostics.baseline import RobustBaseline, log10_prob, logit
 from collapsewatch.diagnostics.detector_base import MonitorConfig
 from collapsewatch.diagnostics.features import StepFeatures, parse_control_stat
 from collapsewatch.diagnostics.onset import collapse_onset, success_series
-from collapsewatch.diagnostics.scan import read_inputs, scan, step_features_of
+from collapsewatch.diagnostics.scan import findings_of, read_inputs, step_features_of
 
 WARMUP = MonitorConfig.warmup
 SKIP = ("step", "lr", "seq/count", "tokens/count")
@@ -62,12 +62,6 @@ def ensure_run(root: Path, recipe: str, seed: int, steps: int | None, train: boo
 def features_table(features: Iterable[StepFeatures]) -> pd.DataFrame:
     """Wide per-step table: every scalar plus the detectors' derived statistics."""
     return pd.DataFrame([{"step": f.step, **f.derived, **f.scalars} for f in features])
-
-
-def step_table(path: Path) -> pd.DataFrame:
-    """`features_table` of a stored run, as the hook wrote it (control-token statistics are not
-    recomputed from token rows)."""
-    return features_table(step_features_of(read_inputs(path, use_tokens=False)))
 
 
 def success_of(t: pd.DataFrame) -> tuple[np.ndarray, str]:
@@ -384,8 +378,10 @@ def main() -> None:
                 if path is None:
                     print(f"missing run {run_dir(root, recipe, seed)} (use --train)", file=sys.stderr)
                     continue
-                findings = scan(path, config=monitor_config)
-                t = step_table(path)
+                inputs = read_inputs(path)  # read once, features once: the findings and the table share them
+                features = step_features_of(inputs, MonitorConfig.from_any(monitor_config).max_classified)
+                findings = findings_of(inputs, features, monitor_config)
+                t = features_table(features)
                 base = baseline_alarm(t, args.warmup)
                 succ, succ_name = success_of(t)
                 onset = collapse_onset(t["step"].to_numpy(), succ)

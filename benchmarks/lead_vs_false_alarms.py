@@ -203,7 +203,7 @@ def main() -> None:
     settings = OUR_SETTINGS | (PROBE_SETTINGS if args.probe_settings else {})
     for setting, overrides in track(settings.items(), description="our settings"):
         alarms = {
-            n: first_critical_step(replay_features(features[n], control_tokens[n], overrides).alerts)
+            n: first_critical_step(replay_features(features[n], control_tokens[n], overrides)[0])
             for n in paths
         }
         ours.append({"setting": setting, **score(alarms, onsets, collapsing)})

@@ -133,10 +133,8 @@ def _to_float(col: pd.Series | Any) -> np.ndarray:
 def _to_objects(col: pd.Series | Any) -> np.ndarray:
     if isinstance(col, pd.Series):
         return col.to_numpy(dtype=object)
-    out = np.empty(len(col), dtype=object)  # element by element: a list of equal-length lists
-    for i, v in enumerate(col):  # (turn texts) must stay a 1-D array of lists, not become 2-D
-        out[i] = v
-    return out
+    # fromiter keeps each element whole: equal-length lists (turn texts) stay a 1-D array of lists
+    return np.fromiter(col, dtype=object, count=len(col))
 
 
 def row_count(seqs: pd.DataFrame | Mapping[str, Any] | None) -> int:

@@ -17,8 +17,9 @@ Since round 15 it pages on its own at `probe_text_page_fold` (2.5x, on 2 of 3 st
 structure verdict waits for it (`verdict_requires_if_seen=("drift",)`): a run with a probe pages on
 the drift, one without keeps round 7's rule. From the bundled warm start the supervised runs that
 held drifted 2.0-3.2x (one 160-step run 5.8x, in a repaired excursion every rule paged), three that
-dipped and recovered 2.5-4.4x, four unsupervised low-LR runs that held 1.4-2.9x, the collapses 11-125x. Held out in round 15 it caught 5 of 5 collapses by the
-onset (round 7's rule 4) with a median lead of 4 (6), and paged 2 of 7 runs that held (4).
+dipped and recovered 2.5-4.4x, four unsupervised low-LR runs that held 1.4-2.9x, the collapses
+11-125x. Held out in round 15 it caught 5 of 5 collapses by the onset (round 7's rule 4) with a
+median lead of 4 (6), and paged 2 of 7 runs that held (4).
 """
 
 from __future__ import annotations
@@ -59,6 +60,21 @@ class _StartReference:
         return cost / reference, cost, reference
 
 
+class _FoldLevels:
+    """A page and a warning threshold on a fold, each held on `persist_k` of the last `persist_n`
+    steps; a threshold of 0 is off."""
+
+    def __init__(self, config: MonitorConfig):
+        self._persist = {level: KofN(config.persist_k, config.persist_n) for level in ("critical", "warning")}
+
+    def severity(self, fold: float, page_fold: float, warn_fold: float) -> str | None:
+        found = None
+        for level, threshold in (("critical", page_fold), ("warning", warn_fold)):
+            if self._persist[level].update(0 < threshold <= fold) and found is None:
+                found = level
+        return found
+
+
 class ProbeDrift(Detector):
     name = "probe_drift"
     family = "probe"
@@ -66,7 +82,7 @@ class ProbeDrift(Detector):
     def __init__(self, config: MonitorConfig):
         super().__init__(config)
         self._reference = _StartReference(config)
-        self._persist = {level: KofN(config.persist_k, config.persist_n) for level in ("critical", "warning")}
+        self._levels = _FoldLevels(config)
 
     def update(self, f: StepFeatures) -> list[Alert]:
         c = self.config
@@ -84,10 +100,7 @@ class ProbeDrift(Detector):
             return []
         ranked = sorted(folds.items(), key=lambda kv: -kv[1][0])
         name, (fold, cost, reference) = ranked[0]
-        severity = None
-        for level, threshold in (("critical", c.probe_page_fold), ("warning", c.probe_warn_fold)):
-            if self._persist[level].update(0 < threshold <= fold) and severity is None:
-                severity = level
+        severity = self._levels.severity(fold, c.probe_page_fold, c.probe_warn_fold)
         if severity is None or not self.holds(f.step, severity):
             return []
         by_token = [(parse_probe_token(n), v[0]) for n, v in ranked if n != PROBE_CTRL_WORST]
@@ -116,7 +129,7 @@ class ProbeTextDrift(Detector):
     def __init__(self, config: MonitorConfig):
         super().__init__(config)
         self._reference = _StartReference(config)
-        self._persist = {level: KofN(config.persist_k, config.persist_n) for level in ("critical", "warning")}
+        self._levels = _FoldLevels(config)
 
     def update(self, f: StepFeatures) -> list[Alert]:
         c = self.config
@@ -127,10 +140,7 @@ class ProbeTextDrift(Detector):
         if measured is None or not self.warmed_up:
             return []
         fold, cost, reference = measured
-        severity = None
-        for level, threshold in (("critical", c.probe_text_page_fold), ("warning", c.probe_text_fold)):
-            if self._persist[level].update(0 < threshold <= fold) and severity is None:
-                severity = level
+        severity = self._levels.severity(fold, c.probe_text_page_fold, c.probe_text_fold)
         if severity is None:
             return []
         alone = " It pages on its own (probe_text_page_fold)." if severity == "critical" else ""

@@ -198,26 +198,13 @@ def replay_features(
     features: Iterable[StepFeatures],
     control_tokens: list | None = None,
     config: MonitorConfig | Mapping[str, Any] | None = None,
-) -> LiveMonitor:
-    """The detectors and the verdict over features computed beforehand; `.alerts` has what they
-    raised. The features must have been computed with the config's `max_classified`."""
-    monitor = LiveMonitor(control_tokens=control_tokens, config=config, source="scan")
-    for f in features:
-        monitor.judge(f)
-    return monitor
-
-
-def replay(
-    per_step: Mapping[int, Mapping[str, float]],
-    sequences: pd.DataFrame | None,
-    control_tokens: list | None = None,
-    config: MonitorConfig | Mapping[str, Any] | None = None,
-    progress: bool = False,
 ) -> tuple[list[Alert], pd.DataFrame]:
-    """Run the live detectors over stored steps. Returns alerts and a per-step timeline frame."""
+    """The detectors and the verdict over a run's features (computed once, then replayed under as
+    many settings as wanted). Returns the alerts and a per-step timeline frame. The features must
+    have been computed with the config's `max_classified`."""
     monitor = LiveMonitor(control_tokens=control_tokens, config=config, source="scan")
     rows = []
-    for f in iter_step_features(per_step, sequences, monitor.config.max_classified, progress):
+    for f in features:
         monitor.judge(f)
         row = {"step": f.step, "confidence": monitor.confidence}
         for n in SUCCESS_NAMES + STATE_NAMES + TIMELINE_EXTRAS:
@@ -257,8 +244,20 @@ def scan(
     (a corrupt file skipped) gives findings with a warning. `use_tokens=None` recomputes control-token
     statistics from the tokens table only when the run has no `ctrl/...` scalars."""
     inputs = read_inputs(run_or_path, use_tokens)
-    run, per_step, seqs, notes = inputs.run, inputs.per_step, inputs.sequences, list(inputs.notes)
-    alerts, timeline = replay(per_step, seqs, run.control_tokens, config, progress)
+    limit = MonitorConfig.from_any(config).max_classified
+    features = iter_step_features(inputs.per_step, inputs.sequences, limit, progress)
+    return findings_of(inputs, features, config)
+
+
+def findings_of(
+    inputs: RunInputs,
+    features: Iterable[StepFeatures],
+    config: MonitorConfig | Mapping[str, Any] | None = None,
+) -> Findings:
+    """`scan`'s findings from a run read once and its features, so that a caller that also needs
+    the features (detection_eval's per-step table) computes them only once."""
+    run, per_step, notes = inputs.run, inputs.per_step, list(inputs.notes)
+    alerts, timeline = replay_features(features, run.control_tokens, config)
     onset, series = onset_from_timeline(timeline)
     if series in ("reward/mean", "seq/reward_mean"):
         notes.append("no success rate in this run: collapse onset computed on the mean reward")

@@ -125,3 +125,15 @@ def test_sequence_arrays_read_a_hooks_plain_columns_like_the_dataframe_of_them()
         else:
             np.testing.assert_array_equal(arrays[name], framed[name])
     np.testing.assert_array_equal(arrays["completion_len"], [10.0, np.nan, 12.0])
+
+
+def test_step_features_build_the_dataframe_only_when_read():
+    """The live path hands over plain columns; the frame (for an alert's evidence) is built on first
+    read, once."""
+    columns = {"reward": [1.0, 0.0], "success": [True, False], "text": ["a", "b"]}
+    f = step_features(3, {}, columns)
+    assert f.derived["seq/success_rate"] == 0.5
+    assert "sequences" not in vars(f)
+    frame = f.sequences
+    assert isinstance(frame, pd.DataFrame) and list(frame.columns) == list(columns)
+    assert f.sequences is frame
