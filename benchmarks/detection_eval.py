@@ -12,7 +12,12 @@ collapsing and the stable recipes, then for each run:
     also be >= 3x baseline), to find out which statistics really lead over seeds.
 Writes plots to --plots (docs/img/detect-*.png) and prints a JSON object as its last line.
 
+A run folder that is gone but whose feature archive ROOT/<recipe>-s<seed>.parquet is there (written
+with --archive; docs/data/features/ keeps those of the latest rounds) is replayed from the archive:
+the same alerts, onsets and leads, without the evidence rollouts.
+
 Usage: .venv/bin/python benchmarks/detection_eval.py --root /work/runs/repro [--seeds 0 1 2] [--train]
+       [--archive DIR]
 """
 
 from __future__ import annotations
@@ -32,9 +37,10 @@ import pandas as pd
 
 from collapsewatch.diagnostics.baseline import RobustBaseline, log10_prob, logit_rate, positive_log
 from collapsewatch.diagnostics.detector_base import MonitorConfig
+from collapsewatch.diagnostics.feature_archive import load_archive, save_archive
 from collapsewatch.diagnostics.features import StepFeatures, parse_control_stat
 from collapsewatch.diagnostics.onset import collapse_onset, success_series
-from collapsewatch.diagnostics.scan import findings_of, read_inputs, step_features_of
+from collapsewatch.diagnostics.scan import RunInputs, findings_of, read_inputs, step_features_of
 
 WARMUP = MonitorConfig.warmup
 SKIP = ("step", "lr", "seq/count", "tokens/count")
@@ -42,6 +48,22 @@ SKIP = ("step", "lr", "seq/count", "tokens/count")
 
 def run_dir(root: Path, recipe: str, seed: int) -> Path:
     return root / f"{recipe}-s{seed}"
+
+
+def archive_path(root: Path, recipe: str, seed: int) -> Path:
+    return root / f"{recipe}-s{seed}.parquet"
+
+
+def read_run(
+    root: Path, recipe: str, seed: int, max_classified: int | None = None
+) -> tuple[RunInputs, list[StepFeatures]] | None:
+    """A run's inputs and features: from its folder, else from its feature archive, else None."""
+    path = run_dir(root, recipe, seed)
+    if (path / "run.json").exists():
+        inputs = read_inputs(path)
+        return inputs, step_features_of(inputs, max_classified)
+    archived = archive_path(root, recipe, seed)
+    return load_archive(archived) if archived.exists() else None
 
 
 def ensure_run(root: Path, recipe: str, seed: int, steps: int | None, train: bool) -> Path | None:
@@ -347,6 +369,13 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=None, help="RL steps for runs trained here")
     ap.add_argument("--train", action="store_true", help="train missing runs (sequentially, 1 thread)")
+    ap.add_argument(
+        "--archive",
+        default="",
+        metavar="DIR",
+        help="also save each run's detector inputs to DIR/<run>.parquet (diagnostics.feature_archive); "
+        "a ROOT that holds such files in place of run folders is read from them",
+    )
     ap.add_argument("--plots", default="docs/img", help="folder for detect-*.png ('' for none)")
     ap.add_argument(
         "--warmup", type=int, default=WARMUP, help="warm-up steps (detectors, baseline, first moves)"
@@ -374,12 +403,15 @@ def main() -> None:
     for kind, recipes in (("collapsing", args.collapsing), ("stable", args.stable)):
         for recipe in recipes:
             for seed in args.seeds:
-                path = ensure_run(root, recipe, seed, args.steps, args.train)
-                if path is None:
+                ensure_run(root, recipe, seed, args.steps, args.train)
+                found = read_run(root, recipe, seed, MonitorConfig.from_any(monitor_config).max_classified)
+                if found is None:
                     print(f"missing run {run_dir(root, recipe, seed)} (use --train)", file=sys.stderr)
                     continue
-                inputs = read_inputs(path)  # read once, features once: the findings and the table share them
-                features = step_features_of(inputs, MonitorConfig.from_any(monitor_config).max_classified)
+                inputs, features = found  # read once, features once: the findings and the table share them
+                path = run_dir(root, recipe, seed)
+                if args.archive:
+                    save_archive(inputs, features, archive_path(Path(args.archive), recipe, seed))
                 findings = findings_of(inputs, features, monitor_config)
                 t = features_table(features)
                 base = baseline_alarm(t, args.warmup)

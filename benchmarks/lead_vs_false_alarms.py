@@ -31,18 +31,14 @@ from detection_eval import (
     alarm_leads,
     baseline_alarm,
     features_table,
+    read_run,
     run_dir,
     success_of,
 )
 from rich.progress import track
 
 from collapsewatch.diagnostics.onset import collapse_onset
-from collapsewatch.diagnostics.scan import (
-    first_critical_step,
-    read_inputs,
-    replay_features,
-    step_features_of,
-)
+from collapsewatch.diagnostics.scan import first_critical_step, replay_features
 
 # Our settings (docs/detection.md, "The trade-off"), each written out from round 7's rule (setting C:
 # structure CUSUM k 1, h 8, no text gate, no page on the drift) so that their meaning does not move
@@ -180,20 +176,18 @@ def main() -> None:
     args = ap.parse_args()
 
     root = Path(args.root)
-    paths = {
-        run_dir(root, r, s).name: run_dir(root, r, s)
-        for r in [*args.collapsing, *args.stable]
-        for s in args.seeds
-        if (run_dir(root, r, s) / "run.json").exists()
-    }
-    if not paths:
+    found = {}
+    for r, s in track([(r, s) for r in [*args.collapsing, *args.stable] for s in args.seeds], "reading runs"):
+        run = read_run(root, r, s)  # its folder, or its feature archive
+        if run is not None:
+            found[run_dir(root, r, s).name] = run
+    if not found:
         raise SystemExit(f"no runs under {root} for those recipes and seeds")
-    collapsing = {n for n in paths if n.rsplit("-s", 1)[0] in args.collapsing}
+    collapsing = {n for n in found if n.rsplit("-s", 1)[0] in args.collapsing}
 
     tables, onsets, features, control_tokens = {}, {}, {}, {}
-    for name, path in track(paths.items(), description="reading runs"):
-        inputs = read_inputs(path)
-        features[name] = step_features_of(inputs)  # once per run: the table and every setting share it
+    for name, (inputs, run_features) in found.items():
+        features[name] = run_features  # once per run: the table and every setting share it
         control_tokens[name] = inputs.run.control_tokens
         t = features_table(features[name])
         tables[name] = t
@@ -204,7 +198,7 @@ def main() -> None:
     for setting, overrides in track(settings.items(), description="our settings"):
         alarms = {
             n: first_critical_step(replay_features(features[n], control_tokens[n], overrides)[0])
-            for n in paths
+            for n in found
         }
         ours.append({"setting": setting, **score(alarms, onsets, collapsing)})
     baseline = []
@@ -215,7 +209,7 @@ def main() -> None:
     edge = frontier(baseline)
     if args.plot:
         plot(ours, baseline, edge, Path(args.plot))
-    slid = sorted(n for n in paths if n not in collapsing and onsets[n] is not None)
+    slid = sorted(n for n in found if n not in collapsing and onsets[n] is not None)
     print(json.dumps({
         "benchmark": "lead_vs_false_alarms",
         "root": str(root),

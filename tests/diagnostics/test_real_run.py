@@ -58,3 +58,26 @@ def test_scan_and_report_on_a_real_trainer_run(real_run, tmp_path):
     # the trainer scores its reference conversations every step, and the report plots them
     assert steps["probe/logp/<tool_call>"].notna().all() and (steps["probe/logp_ctrl"] < 0).all()
     assert "reference conversations: cost of the expert" in html
+
+
+@pytest.mark.slow
+def test_feature_archive_of_a_real_trainer_run(real_run, tmp_path):
+    """The archive keeps what the detectors read from a real run, probe series included: replayed
+    with a short warm-up (so that detectors can fire in 4 steps), the findings are the run's."""
+    from collapsewatch.diagnostics.feature_archive import load_archive, save_archive
+    from collapsewatch.diagnostics.scan import findings_of, read_inputs, step_features_of
+    from collapsewatch.schema import PROBE_TEXT
+
+    config = {"warmup": 1, "probe_ref_steps": 1, "persist_k": 1, "persist_n": 1}
+    inputs = read_inputs(real_run)
+    features = step_features_of(inputs)
+    original = findings_of(inputs, features, config)
+    save_archive(inputs, features, tmp_path / "real.parquet")
+    loaded_inputs, loaded = load_archive(tmp_path / "real.parquet")
+    again = findings_of(loaded_inputs, loaded, config)
+    assert [(a.step, a.detector, a.severity, a.message) for a in again.alerts] == [
+        (a.step, a.detector, a.severity, a.message) for a in original.alerts
+    ]
+    assert again.root_cause == original.root_cause and again.run == "collapse-s0"
+    assert [f.scalars[PROBE_TEXT] for f in loaded] == [f.scalars[PROBE_TEXT] for f in features]
+    assert [f.derived for f in loaded] == [f.derived for f in features]

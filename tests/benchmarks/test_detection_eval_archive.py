@@ -1,0 +1,44 @@
+"""detection_eval gives the same per-run figures from feature archives as from the run folders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from collapsewatch.diagnostics.synthetic import write_synthetic_run
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _evaluate(root: Path, *extra: str, script: str = "detection_eval.py") -> dict:
+    cmd = [sys.executable, str(BENCHMARKS / script), "--root", str(root), "--seeds", "0", "1", *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_detection_eval_reads_archives_in_place_of_runs(tmp_path):
+    runs, archive = tmp_path / "runs", tmp_path / "archive"
+    for seed in (0, 1):
+        write_synthetic_run(runs, f"collapse-s{seed}", n_steps=70, collapse_at=45 + 5 * seed, seed=seed)
+        write_synthetic_run(runs, f"interleaved-s{seed}", n_steps=70, collapse_at=None, seed=10 + seed)
+    from_runs = _evaluate(runs, "--plots", "", "--archive", str(archive))
+    sweep = _evaluate(runs, "--stable", "interleaved", script="lead_vs_false_alarms.py")
+    assert sorted(p.name for p in archive.iterdir()) == [
+        "collapse-s0.parquet", "collapse-s1.parquet", "interleaved-s0.parquet", "interleaved-s1.parquet",
+    ]  # fmt: skip
+    shutil.rmtree(runs)
+    from_archive = _evaluate(archive, "--plots", "")
+    sweep_again = _evaluate(archive, "--stable", "interleaved", script="lead_vs_false_alarms.py")
+    assert sweep_again.pop("root") != sweep.pop("root") and sweep_again == sweep
+    assert from_runs["collapsing_runs"] == 2 and from_runs["stable_runs"] == 2
+    strip = ("root",)  # the folder read differs, nothing else
+    for key in from_runs:
+        if key not in (*strip, "runs"):
+            assert from_archive[key] == from_runs[key], key
+    for a, b in zip(from_runs["runs"], from_archive["runs"], strict=True):
+        assert {k: v for k, v in a.items() if k not in strip} == {
+            k: v for k, v in b.items() if k not in strip
+        }
