@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -90,3 +91,17 @@ def load_pretrained(
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def weights_digest(path: str | Path) -> str | None:
+    """SHA-256 (16 hex digits) of a checkpoint's weight files: the same cache key can hold different
+    weights on another machine (CPU kernels differ; docs/reproduction.md), and runs should say which."""
+    files = sorted(Path(path).glob("*.safetensors")) or sorted(Path(path).glob("*.bin"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        with file.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]

@@ -207,6 +207,9 @@ def test_train_writes_a_run_and_model_path_reloads_its_checkpoint(tmp_path, tiny
     summary = train(tiny_cfg.override(steps=2, checkpoint_every=1), out, progress=False)
     run = cw.open_run(summary["run_dir"])
     assert run.status == "finished" and run.last_step == 2
+    # the run names the exact weights it started from (a cache key does not pin them across machines)
+    assert run.meta["config"]["weights_sha256"] == model_lib.weights_digest(run.meta["config"]["warm_start"])
+    assert len(run.meta["config"]["weights_sha256"]) == 16
     steps = run.steps()
     for name in ("reward/mean", "success/rate", "entropy/mean", "loss", "grad_norm", "lr", "clip/frac"):
         assert name in steps.columns
