@@ -1,14 +1,15 @@
-"""The expert-text drift on the reference probe, run by run: what the default's page reads.
+"""The expert-text drift on the reference probe, run by run: what round 15's page read.
 
 For each run (ROOT/<recipe>-s<seed>, a run folder or its feature archive), the probe's ordinary-token
-cost as a fold over its median in the run's first `probe_ref_steps` steps, the quantity
-`ProbeTextDrift` pages on (docs/detectors.md). One panel per group of runs: those that crossed the
-collapse onset line (marked) and those that never did, with the page threshold. Prints, per run, its
-largest fold after the warm-up, where that was, the first step at or over the page fold, the largest
-fold up to step 80 and after it (long runs), and the onset; the last line is one JSON object.
+cost as a fold over its median in the run's first `probe_ref_steps` steps: the quantity
+`ProbeTextDrift` warns on, and pages on when `probe_text_page_fold` is set (docs/detectors.md). One
+panel per group of runs: those that crossed the collapse onset line (onset marked) and those that
+never did, with the page fold (`--page-fold`, round 15's 2.5x). Prints, per run, its largest fold
+after the warm-up and where, the first step at or over the page fold, the largest fold up to step
+80 and after it (long runs), and the onset; the last line is one JSON object.
 
-Usage: .venv/bin/python benchmarks/drift_plot.py --root ROOT --recipes collapse off-policy \
-    --seeds 30 31 [--label "round 16"] [--plot docs/img/drift-r16.png] [--root2 ROOT2 ...]
+Usage: .venv/bin/python benchmarks/drift_plot.py --root ROOT [ROOT ...] --recipes collapse off-policy \
+    --seeds 30 31 [--label "round 16"] [--plot docs/img/drift-r16.png]
 """
 
 from __future__ import annotations
@@ -38,20 +39,20 @@ def text_fold(steps: np.ndarray, logp: np.ndarray, config: MonitorConfig) -> tup
 
 
 def summarize(
-    name: str, steps: np.ndarray, fold: np.ndarray, onset: int | None, config: MonitorConfig
+    name: str, steps: np.ndarray, fold: np.ndarray, onset: int | None, config: MonitorConfig, page_fold: float
 ) -> dict:
     after = steps >= config.warmup
     s, f = steps[after], fold[after]
     if not len(f):
         return {"run": name, "onset": onset, "max_fold": None}
-    over = s[f >= config.probe_text_page_fold]
+    over = s[f >= page_fold]
     early, late = f[s <= 80], f[s > 80]
     return {
         "run": name,
         "onset": onset,
         "max_fold": round(float(f.max()), 2),
         "max_at": int(s[f.argmax()]),
-        "first_at_page_fold": int(over[0]) if len(over) else None,
+        "first_at_page_fold": int(over[0]) if len(over) else None,  # the first step at page_fold or more
         "max_fold_to_80": round(float(early.max()), 2) if len(early) else None,
         "max_fold_after_80": round(float(late.max()), 2) if len(late) else None,
         "last_fold": round(float(f[-1]), 2),
@@ -95,6 +96,12 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, required=True)
     ap.add_argument("--label", default="")
     ap.add_argument("--plot", default="", help="PNG path ('' for none)")
+    ap.add_argument(
+        "--page-fold",
+        type=float,
+        default=2.5,
+        help="the fold to mark (round 15's page; an option since round 16)",
+    )
     args = ap.parse_args()
     config = MonitorConfig()
     curves, rows = [], []
@@ -111,13 +118,13 @@ def main() -> None:
                 onset = collapse_onset(t["step"].to_numpy(), success_of(t)[0])
                 steps, fold = text_fold(t["step"].to_numpy(), t[PROBE_TEXT].to_numpy(dtype=float), config)
                 curves.append((name, steps, fold, onset))
-                rows.append(summarize(name, steps, fold, onset, config))
+                rows.append(summarize(name, steps, fold, onset, config, args.page_fold))
                 print(json.dumps(rows[-1]))
     if not rows:
         raise SystemExit("no runs with a reference probe under those roots, recipes and seeds")
     if args.plot:
-        plot(curves, Path(args.plot), args.label, config.probe_text_page_fold)
-    print(json.dumps({"benchmark": "drift_plot", "page_fold": config.probe_text_page_fold, "runs": rows}))
+        plot(curves, Path(args.plot), args.label, args.page_fold)
+    print(json.dumps({"benchmark": "drift_plot", "page_fold": args.page_fold, "runs": rows}))
 
 
 if __name__ == "__main__":

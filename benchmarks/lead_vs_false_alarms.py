@@ -42,7 +42,7 @@ from collapsewatch.diagnostics.scan import first_critical_step, replay_features
 
 # Our settings (docs/detection.md, "The trade-off"), each written out from round 7's rule (setting C:
 # structure CUSUM k 1, h 8, no text gate, no page on the drift) so that their meaning does not move
-# with the shipped default (round 15's "drift pages at 2.5x"; round 7's rule for runs without a probe).
+# with the shipped default (round 7's rule again since round 16; round 15's was "drift pages at 2.5x").
 # A, B, D: structure CUSUM slack k, threshold h and minimum rise; "any 2 families" also drops the
 # verdict's requirement that the structure family be one of them.
 ROUND7 = {"verdict_requires_if_seen": (), "probe_text_fold": 2.0, "probe_text_page_fold": 0.0}
@@ -70,7 +70,7 @@ PROBE_SETTINGS = {
     "C + text gate at 3x": {**ROUND7, **TEXT_GATE, "probe_text_fold": 3.0},
     "D, text gate at 1.5x": {**SETTING_D, **TEXT_GATE, "probe_text_fold": 1.5},
     "text drift + any family": {**SETTING_D, **TEXT_GATE, "verdict_requires": ()},
-    "drift pages at 2.5x (round 15, default)": {
+    "drift pages at 2.5x (round 15's default)": {
         **ROUND7,
         **TEXT_GATE,
         "probe_text_fold": 2.5,

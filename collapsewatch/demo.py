@@ -36,9 +36,10 @@ class DemoPlan:
 
 # The reproduction's recipes and warm start (docs/reproduction.md); 40 steps show the hold and the
 # break. With the versions in constraints.txt (2026-12-02; SFT-seed-1 warm start, 0.58) seed 1's
-# `collapse` crosses its success onset at 28 and is paged at step 22 by the default since round 15
-# (the expert-text drift on the probe; round 7's rule paged it at 20); `interleaved` holds and is not
-# paged (round 7's rule paged it at 40, its last step, during a format excursion). 25 minutes next to a
+# `collapse` crosses its success onset at 28 and is paged at step 20 by round 7's rule, the default
+# (round 15's drift rule paged it at 22); `interleaved` holds, and round 7's rule paged it at 40, its
+# last step, during a format excursion (a false page). The warm start's weights depend on the
+# machine (0.125 on another CPU on 2026-12-03), and with them these steps. 25 minutes next to a
 # training run and the tests; 12 alone with the warm start cached.
 FULL = DemoPlan(steps=40, seed=1, sets=("eval_tasks=16", "checkpoint_every=0"))
 # A 200-step warm start, groups of 4, one minibatch per step (so the update shares each group's

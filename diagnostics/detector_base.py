@@ -47,15 +47,15 @@ class MonitorConfig:
     # runs that recovered showed the same 100-1000x transients; docs/detection.md, round 7)
     probe_page_fold: float = 0.0
     # the expert's ordinary tokens on the probe: this fold over their start cost warns (family "drift");
-    # (from the bundled warm start the supervised runs drifted 2.0-3.2x, two that dipped below the onset
-    # line and recovered 3.5x and 4.4x, the collapses 11-113x; docs/detection.md, rounds 11-13)
-    probe_text_fold: float = 2.5
-    # >= this fold (on persist_k of persist_n steps) pages on its own; 0 turns it off. Default since
-    # round 15 (docs/detection.md): with the gate below, a run with a probe pages on the drift, and
-    # runs without one keep round 7's rule. Rounds 11-14 in-sample: 23 of 24 collapses by the onset,
-    # median lead 5, 4 of 27 supervised runs that held paged (round 7's rule: 21, 6, 19); round 15
-    # held out: 5 of 5, lead 4, 2 of 7 runs that held (round 7's rule: 4 of 5, 6, 4 of 7)
-    probe_text_page_fold: float = 2.5
+    # (from the 0.58 warm start the supervised runs drifted 2.0-3.2x, the collapses 11-125x; from the
+    # 0.125 warm start of round 16, 1.4-1.5x and 2.5-42x; docs/detection.md)
+    probe_text_fold: float = 2.0
+    # >= this fold (on persist_k of persist_n steps) pages on its own; 0, the default, turns it off.
+    # Default in round 15 only (2.5x with verdict_requires_if_seen=("drift",)): held out in round 16,
+    # on a weaker warm start, it caught 3 of 9 collapses by the onset against round 7's rule's 9 of 9
+    # (slow collapses at a low LR drifted past 2.5x only after the onset, or never), so it went back
+    # to an option (docs/detection.md, rounds 15-16)
+    probe_text_page_fold: float = 0.0
     # structural states
     max_classified: int = 128  # rollouts per step whose text is classified (evenly spaced sample)
     # structural states: one-sided CUSUM of the broken-turn share (logit scale) against the warm-up's
@@ -98,10 +98,9 @@ class MonitorConfig:
     verdict_cooldown: int = 20
     # families that must be among the agreeing ones for a page (empty: any two families will do)
     verdict_requires: tuple[str, ...] = ("structure",)
-    # ... and these too, when the run has data for them (a run without a reference probe has no drift,
-    # and is judged by round 7's rule). With the drift's own page (probe_text_page_fold) the structure
-    # verdict then adds nothing the drift did not already page; () turns the gate off
-    verdict_requires_if_seen: tuple[str, ...] = ("drift",)
+    # ... and these too, when the run has data for them (a run without a reference probe has no drift).
+    # () is round 7's rule, the default; ("drift",) with probe_text_page_fold=2.5 was round 15's
+    verdict_requires_if_seen: tuple[str, ...] = ()
 
     @classmethod
     def from_any(cls, config: MonitorConfig | Mapping[str, Any] | None) -> MonitorConfig:

@@ -13,13 +13,14 @@ transients that precede some collapses also come in supervised runs that recover
 Its own family, "drift": the control tokens move in bursts in every run of the bundled trainer,
 while the expert's text cost passed 2x its start mostly in runs without supervision that went on
 to collapse (docs/detection.md, rounds 7 and 8). It warns and counts as one family in the verdict.
-Since round 15 it pages on its own at `probe_text_page_fold` (2.5x, on 2 of 3 steps), and the
-structure verdict waits for it (`verdict_requires_if_seen=("drift",)`): a run with a probe pages on
-the drift, one without keeps round 7's rule. From the bundled warm start the supervised runs that
-held drifted 2.0-3.2x (one 160-step run 5.8x, in a repaired excursion every rule paged), three that
-dipped and recovered 2.5-4.4x, four unsupervised low-LR runs that held 1.4-2.9x, the collapses
-11-125x. Held out in round 15 it caught 5 of 5 collapses by the onset (round 7's rule 4) with a
-median lead of 4 (6), and paged 2 of 7 runs that held (4).
+`probe_text_page_fold` (off by default) makes it page on its own, and `verdict_requires_if_seen=
+("drift",)` makes the structure verdict wait for it; together, at 2.5x on 2 of 3 steps, they were
+round 15's default. From the 0.58 warm start of rounds 11-15, the supervised runs that held drifted
+2.0-3.2x, the collapses 11-125x, and that rule caught 5 of 5 held-out collapses by the onset (round
+7's rule 4). Round 16, from a 0.125 warm start, showed its weakness: supervised runs drifted only
+1.4-1.5x, but slow collapses at a low learning rate crossed 2.5x after their onset or never, and
+it caught 3 of 9 collapses by the onset against round 7's rule's 9 of 9, so round 7's rule is the
+default again (docs/detection.md). How far the expert's text drifts depends on the warm start.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ class ProbeTextDrift(Detector):
             f"On the reference conversations, the expert's ordinary (non-control) tokens cost {fmt(fold)}x "
             f"the log-loss they had at the start ({fmt(reference)} -> {fmt(cost)} nats): the policy is "
             f"drifting away from the expert's language as a whole (on the bundled trainer, supervised runs that "
-            f"held stayed under ~3.2x; collapses went on to 11-125x).{alone} "
+            f"held stayed under ~3.2x; fast collapses went on to 11-125x, slow ones to 2.5-7x).{alone} "
             f"{_FIX}"
         )
         alert = self.emit(f, severity, msg, cost, reference, fold=fold)

@@ -4,12 +4,12 @@ Single detectors warn; a page needs at least `verdict_min_families` different fa
 tokens, reference probe, expert-text drift, structure, outcome, behaviour, exploration,
 optimisation, length) whose warning conditions held within the last `verdict_window` steps, among
 them every family in `verdict_requires` and, when the run has data for it, in
-`verdict_requires_if_seen` (the expert-text drift family by default since round 15 of docs/detection.md;
-a run without a reference probe is judged without it, by round 7's rule).
+`verdict_requires_if_seen` (empty by default: round 7's rule; `("drift",)`, the expert-text drift
+family, was round 15's default, and a run without a reference probe is judged without it).
 A family counts while its condition holds, not only on the step it alerted: a detector alerts once per episode, and a
 success slide that alerted 8 steps ago and is still under way is still evidence. Non-finite values
-page on their own, and so, in a run with a reference probe, does the expert-text drift at
-`probe_text_page_fold` (probe_drift.py): one family, which its message says. Confidence is a plain heuristic: the number of agreeing families over three
+page on their own, and so, when `probe_text_page_fold` is set, does the expert-text drift on the
+reference probe (probe_drift.py): one family, which its message says. Confidence is a plain heuristic: the number of agreeing families over three
 (one 33%, two 67%, three or more 100%).
 """
 

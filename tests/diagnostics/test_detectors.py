@@ -400,7 +400,7 @@ def test_verdict_pages_only_when_the_format_itself_breaks():
 
 
 def test_verdict_requires_text_drift_only_in_runs_with_a_probe():
-    """With the gate on (the default since round 15), structure plus control tokens is not enough
+    """With the gate on (round 15's default, an option since round 16), structure plus control tokens is not enough
     in a run with a reference probe: the expert's text must have drifted too. A run without the
     probe's text series is judged by structure and any other family, as before."""
     from collapsewatch.diagnostics.alerts import Alert
@@ -421,8 +421,8 @@ def test_verdict_requires_text_drift_only_in_runs_with_a_probe():
     unprobed = CombinedVerdict(gated)
     page = unprobed.update(30, [warn(30, "control"), warn(30, "structure")], {"control", "structure"})
     assert page and set(page[0].evidence["families"]) == {"control", "structure"}
-    assert MonitorConfig().verdict_requires_if_seen == ("drift",)  # the default since round 15
-    ungated = CombinedVerdict(MonitorConfig(verdict_requires_if_seen=()))  # round 7's rule
+    assert MonitorConfig().verdict_requires_if_seen == ()  # round 7's rule, the default again since round 16
+    ungated = CombinedVerdict(MonitorConfig())
     assert ungated.update(30, [warn(30, "control"), warn(30, "structure")], with_probe)
 
 
