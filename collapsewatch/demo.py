@@ -39,8 +39,9 @@ class DemoPlan:
 # `collapse` crosses its success onset at 28 and is paged at step 20 by round 7's rule, the default
 # (round 15's drift rule paged it at 22); `interleaved` holds, and round 7's rule paged it at 40, its
 # last step, during a format excursion (a false page). The warm start's weights depend on the
-# machine (0.125 on another CPU on 2026-12-03), and with them these steps. 25 minutes next to a
-# training run and the tests; 12 alone with the warm start cached.
+# machine: from the 0.125 one of another CPU (2026-12-03) `collapse` crossed its onset at 21 and was
+# paged at 17, `interleaved` held unpaged (540 s). 25 minutes next to a training run and the tests;
+# 9-12 alone with the warm start cached.
 FULL = DemoPlan(steps=40, seed=1, sets=("eval_tasks=16", "checkpoint_every=0"))
 # A 200-step warm start, groups of 4, one minibatch per step (so the update shares each group's
 # prompt), the LR reaching 1e-3 at step 20, interleaved SFT on 2 x 16 expert trajectories, no
