@@ -209,6 +209,17 @@ def first_moves(t: pd.DataFrame, warmup: int = WARMUP) -> dict[str, tuple[int, s
     return out
 
 
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Lay out, write (creating the folder) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_run(name: str, t: pd.DataFrame, findings, baseline_step, out_dir: Path) -> str | None:
     try:
         import matplotlib
@@ -258,10 +269,7 @@ def plot_run(name: str, t: pd.DataFrame, findings, baseline_step, out_dir: Path)
             ax.axvline(baseline_step, color="tab:gray", ls=":", lw=1, label="baseline alarm")
         ax.legend(fontsize=6, loc="best")
     axes[0].set_title(name)
-    fig.tight_layout()
-    path = out_dir / f"detect-{name}.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    path = save_figure(fig, out_dir / f"detect-{name}.png", dpi=80)
     return str(path)
 
 
@@ -284,11 +292,7 @@ def plot_leads(leads: dict[str, list[int]], out_dir: Path, top: int = 20) -> str
     ax.axvline(0, color="k", lw=1)
     ax.set_xlabel("steps before collapse onset (first move); one dot per collapsing run")
     ax.invert_yaxis()
-    fig.tight_layout()
-    path = out_dir / "detect-leads.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return str(path)
+    return str(save_figure(fig, out_dir / "detect-leads.png", dpi=80))
 
 
 def wilson_interval(hits: int, n: int, z: float = 1.96) -> list[float] | None:

@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-from detection_eval import features_table, read_run, run_dir, success_of
+from detection_eval import features_table, read_run, run_dir, save_figure, success_of
 
 from collapsewatch.diagnostics.detector_base import MonitorConfig
 from collapsewatch.diagnostics.onset import collapse_onset
@@ -83,10 +83,7 @@ def plot(
         ax.set_title(f"{label + ': ' if label else ''}{title} ({len(members)} runs)", fontsize=9)
         ax.legend(fontsize=6, ncol=2)
     axes[0].set_ylabel("expert text cost on the probe / its start (fold)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ from detection_eval import (
     features_table,
     read_run,
     run_dir,
+    save_figure,
     success_of,
 )
 from rich.progress import track
@@ -157,10 +158,7 @@ def plot(ours: list[dict], baseline: list[dict], edge: list[dict], path: Path) -
     ax.set_ylabel("median lead over the collapse onset (steps)")
     ax.set_title("Lead against false alarms (ours in blue; caught by onset in brackets)", fontsize=10)
     ax.legend(fontsize=8, loc="upper center")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:
