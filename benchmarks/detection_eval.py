@@ -66,19 +66,16 @@ def read_run(
     return load_archive(archived) if archived.exists() else None
 
 
-def ensure_run(root: Path, recipe: str, seed: int, steps: int | None, train: bool) -> Path | None:
-    path = run_dir(root, recipe, seed)
-    if (path / "run.json").exists():
-        return path
-    if not train:
-        return None
+def ensure_run(root: Path, recipe: str, seed: int, steps: int | None, train: bool) -> None:
+    """Train the run when it is missing and `train` asks for it."""
+    if not train or (run_dir(root, recipe, seed) / "run.json").exists():
+        return
     cmd = ["nice", "-n", "10", sys.executable, "-m", "collapsewatch.cli", "train", "--recipe", recipe,
            "--seed", str(seed), "--out", str(root), "--no-progress", "--threads", "1"]  # fmt: skip
     if steps:
         cmd += ["--steps", str(steps)]
     print(f"training {recipe} seed {seed} ...", file=sys.stderr)
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    return path
 
 
 def features_table(features: Iterable[StepFeatures]) -> pd.DataFrame:
@@ -394,6 +391,7 @@ def main() -> None:
     args = ap.parse_args()
     overrides = dict(_parse_setting(kv) for kv in args.set)
     monitor_config = {"warmup": args.warmup, **overrides}
+    max_classified = MonitorConfig.from_any(monitor_config).max_classified
     root = Path(args.root)
     plot_dir = Path(args.plots) if args.plots else None
     if plot_dir:
@@ -408,7 +406,7 @@ def main() -> None:
         for recipe in recipes:
             for seed in args.seeds:
                 ensure_run(root, recipe, seed, args.steps, args.train)
-                found = read_run(root, recipe, seed, MonitorConfig.from_any(monitor_config).max_classified)
+                found = read_run(root, recipe, seed, max_classified)
                 if found is None:
                     print(f"missing run {run_dir(root, recipe, seed)} (use --train)", file=sys.stderr)
                     continue

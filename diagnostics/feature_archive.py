@@ -14,6 +14,7 @@ the reader's notes go in the file's metadata. Plain Parquet: DuckDB, Polars or p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from collapsewatch.diagnostics.features import StepFeatures, _finite
+from collapsewatch.diagnostics.features import StepFeatures, _finite, step_features
 from collapsewatch.diagnostics.scan import RunInputs
 from collapsewatch.errors import UserError
 
@@ -98,12 +99,8 @@ def load_archive(path: str | Path) -> tuple[RunInputs, list[StepFeatures]]:
     for (kind, step), rows in frame.groupby(["kind", "step"], observed=True, sort=True):
         per_kind[str(kind)][int(step)] = dict(zip(rows["name"].astype(str), rows["value"], strict=True))
     per_step, derived = per_kind["scalar"], per_kind["derived"]
-    features = [
-        StepFeatures(
-            int(step),
-            {k: _finite(v) for k, v in per_step.get(step, {}).items() if k != "step"},
-            dict(derived.get(step, {})),
-        )
+    features = [  # the scalars cleaned as the run's own features were; the derived ones as computed
+        dataclasses.replace(step_features(step, per_step.get(step, {}), None), derived=derived.get(step, {}))
         for step in meta["feature_steps"]
     ]
     run = ArchivedRun(meta["run"], meta["path"], list(meta["control_tokens"]), meta["status"])

@@ -40,7 +40,7 @@ _FIX = (
 )
 
 
-class _StartReference:
+class StartReference:
     """Fold change of a probe series' cost (-log p, nats) over its median in the first steps."""
 
     def __init__(self, config: MonitorConfig):
@@ -82,7 +82,7 @@ class ProbeDrift(Detector):
 
     def __init__(self, config: MonitorConfig):
         super().__init__(config)
-        self._reference = _StartReference(config)
+        self._reference = StartReference(config)
         self._levels = _FoldLevels(config)
 
     def update(self, f: StepFeatures) -> list[Alert]:
@@ -129,7 +129,7 @@ class ProbeTextDrift(Detector):
 
     def __init__(self, config: MonitorConfig):
         super().__init__(config)
-        self._reference = _StartReference(config)
+        self._reference = StartReference(config)
         self._levels = _FoldLevels(config)
 
     def update(self, f: StepFeatures) -> list[Alert]:

@@ -62,11 +62,7 @@ def load_policy(cfg: TrainConfig, device: torch.device, rank: int, world: int, s
     """(model, tokenizer, warm-start info): a --model checkpoint, or the cached SFT warm start."""
     if cfg.model_path:
         model, tok = model_lib.load_pretrained(cfg.model_path, device)
-        return (
-            model,
-            tok,
-            {"model_path": str(cfg.model_path), "weights_sha256": model_lib.weights_digest(cfg.model_path)},
-        )
+        return model, tok, {"model_path": str(cfg.model_path)}
     cache = Path(cfg.cache_dir)
     if rank == 0:
         tok = tokenizer_lib.load_or_train(cache, cfg.vocab_size, cfg.tokenizer_tasks)
@@ -98,10 +94,7 @@ def load_policy(cfg: TrainConfig, device: torch.device, rank: int, world: int, s
     _barrier(world)
     model, tok = model_lib.load_pretrained(path, device)
     info = json.loads((path / "sft.json").read_text()) if (path / "sft.json").exists() else {}
-    return model, tok, {
-        "warm_start": str(path), "weights_sha256": model_lib.weights_digest(path),
-        "sft_final_loss": (info.get("losses") or [None])[-1],
-    }  # fmt: skip
+    return model, tok, {"warm_start": str(path), "sft_final_loss": (info.get("losses") or [None])[-1]}
 
 
 @torch.no_grad()
@@ -142,6 +135,8 @@ def train(
         raise UserError(f"nothing to resume: {ckpt_path} does not exist")
 
     model, tok, origin = load_policy(cfg, device, rank, world, say)
+    if rank == 0:  # only rank 0 writes run.json; a user's checkpoint can be gigabytes to hash
+        origin["weights_sha256"] = model_lib.weights_digest(origin.get("model_path") or origin["warm_start"])
     fmt = ChatFormat(tok)
     ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
     opt = torch.optim.AdamW(
