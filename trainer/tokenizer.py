@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -19,8 +20,9 @@ PAD = "<|endoftext|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 CONTROL_TOKENS = [IM_START, IM_END, "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
 SPECIAL_TOKENS = [PAD, *CONTROL_TOKENS]
-# GPT-2-style word splitting keeps a name one token wherever it appears (question, call, tool
-# response), which a 1M-parameter policy needs to learn to copy it; merges stay short.
+# GPT-2-style word splitting: a name is one token wherever it appears, though `" bob"` (prose) and
+# `"bob"` (inside JSON quotes) are two tokens. Splitting words off every space and quote instead made
+# copies identical tokens but did not help the warm start learn to copy (docs/reproduction.md).
 MAX_TOKEN_CHARS = 10
 
 # Qwen2.5's template, trimmed: tools are listed as one `name(arg, ...)` line each (a CPU-sized policy
@@ -107,4 +109,6 @@ def load_or_train(cache_dir: Path, vocab_size: int = 1024, num_tasks: int = 1500
     tok.save_pretrained(str(tmp))
     if not path.exists():
         tmp.replace(path)
+    else:  # another process cached the same tokenizer meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
     return PreTrainedTokenizerFast.from_pretrained(str(path))
