@@ -9,6 +9,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from collapsewatch.trainer.sft import train_sft, warm_start_dir
 CHECKPOINT = "checkpoint"  # <run>/checkpoint/state.pt (+ the HF model for --model)
 FINAL_MODEL = "model"  # <run>/model: save_pretrained of the last policy, loadable with --model
 WARM_START_VERSION = 6  # bump when the environment or tokenizer changes
+SFTProgress = Callable[[int, float, torch.nn.Module], None]
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -58,8 +60,19 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def load_policy(cfg: TrainConfig, device: torch.device, rank: int, world: int, say) -> tuple[Any, Any, dict]:
-    """(model, tokenizer, warm-start info): a --model checkpoint, or the cached SFT warm start."""
+def load_policy(
+    cfg: TrainConfig,
+    device: torch.device,
+    rank: int,
+    world: int,
+    say,
+    sft_progress: SFTProgress | None = None,
+) -> tuple[Any, Any, dict]:
+    """(model, tokenizer, warm-start info): a --model checkpoint, or the cached SFT warm start.
+
+    `sft_progress(step, loss, model)` is called after every SFT step when the warm start is built
+    here (not when it comes from the cache): benchmarks/warm_start_quality.py scores it on the way.
+    """
     if cfg.model_path:
         model, tok = model_lib.load_pretrained(cfg.model_path, device)
         return model, tok, {"model_path": str(cfg.model_path)}
@@ -80,6 +93,7 @@ def load_policy(cfg: TrainConfig, device: torch.device, rank: int, world: int, s
         losses = train_sft(
             model, ChatFormat(tok), steps=cfg.sft_steps, lr=cfg.sft_lr, batch_size=cfg.sft_batch,
             seed=cfg.sft_seed, device=device,
+            progress=None if sft_progress is None else (lambda step, loss: sft_progress(step, loss, model)),
         )  # fmt: skip
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         model.save_pretrained(str(tmp))
