@@ -43,6 +43,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         f"   first critical: {findings.first_critical_step if findings.first_critical_step is not None else 'none'}"
         f"   lead: {findings.lead_steps if findings.lead_steps is not None else '-'} steps"
     )
+    if findings.onset_context:
+        console.print(f"  at the onset: {findings.onset_context['message']}")
     fmt_onset = findings.format_onset_step
     console.print(
         f"format break (healthy turns below half their peak): {'none' if fmt_onset is None else f'step {fmt_onset}'}"

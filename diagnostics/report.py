@@ -327,6 +327,8 @@ def report(run_or_path: Any, out_html: str | Path, findings: Findings | None = N
         f"<b>{findings.first_critical_step}</b>. Lead: <b>{findings.lead_steps}</b> {step_word(findings.lead_steps)}. Format break (the same "
         f"rule on the share of healthy turns): <b>{findings.format_onset_step}</b>.</p>"
     )
+    if findings.onset_context:
+        summary += f"<p>At the onset: {_esc(findings.onset_context['message'])}.</p>"
     rc_rows = "".join(
         f"<tr><td>{r['rank']}</td><td>{_esc(r['token'])}</td><td>{_esc(r['position_type'])}</td>"
         f"<td>{r['first_move_step']}</td><td>{_esc(r['evidence'])}</td></tr>"

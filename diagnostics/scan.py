@@ -22,6 +22,7 @@ from collapsewatch.diagnostics.detector_base import MonitorConfig
 from collapsewatch.diagnostics.features import StepFeatures, sequence_arrays, step_features
 from collapsewatch.diagnostics.live import LiveMonitor
 from collapsewatch.diagnostics.onset import SUCCESS_NAMES, collapse_onset, success_series
+from collapsewatch.diagnostics.onset_context import describe_onset
 from collapsewatch.diagnostics.root_cause import rank_control_tokens
 from collapsewatch.diagnostics.token_stats import control_stats_from_tokens
 from collapsewatch.errors import UserError
@@ -58,6 +59,8 @@ class Findings:
     alerts: list[Alert]
     root_cause: list[dict]
     warnings: list[str] = field(default_factory=list)
+    # what came with the onset (diagnostics.onset_context): a format break, a text drift, or neither
+    onset_context: dict | None = None
     timeline: pd.DataFrame | None = None  # per step: success series, structural shares, confidence
     per_step: dict[int, dict[str, float]] | None = None  # the scalars the detectors saw, by step
 
@@ -234,6 +237,14 @@ def format_onset_from_timeline(timeline: pd.DataFrame) -> int | None:
     return collapse_onset(timeline["step"].to_numpy(), healthy.to_numpy(dtype=float))
 
 
+def _onset_context(timeline, onset, format_onset, per_step, config) -> dict | None:
+    found = success_series(timeline)
+    if found is None or onset is None:
+        return None
+    steps, values, _ = found
+    return describe_onset(steps, values, onset, format_onset, per_step, MonitorConfig.from_any(config))
+
+
 def scan(
     run_or_path: Any,
     config: MonitorConfig | Mapping[str, Any] | None = None,
@@ -259,6 +270,7 @@ def findings_of(
     run, per_step, notes = inputs.run, inputs.per_step, list(inputs.notes)
     alerts, timeline = replay_features(features, run.control_tokens, config)
     onset, series = onset_from_timeline(timeline)
+    format_onset = format_onset_from_timeline(timeline)
     if series in ("reward/mean", "seq/reward_mean"):
         notes.append("no success rate in this run: collapse onset computed on the mean reward")
     warns = [a.step for a in alerts if a.rank >= 1]
@@ -271,13 +283,14 @@ def findings_of(
         steps=len(timeline),
         collapse_onset_step=onset,
         onset_series=series,
-        format_onset_step=format_onset_from_timeline(timeline),
+        format_onset_step=format_onset,
         first_critical_step=first_critical,
         first_warning_step=min(warns) if warns else None,
         lead_steps=lead,
         alerts=alerts,
         root_cause=ranking,
         warnings=notes,
+        onset_context=_onset_context(timeline, onset, format_onset, per_step, config),
         timeline=timeline,
         per_step=per_step,
     )

@@ -22,6 +22,7 @@ def _same_findings(a, b) -> None:
         "format_onset_step",
         "first_critical_step",
         "lead_steps",
+        "onset_context",
     ):
         assert getattr(a, name) == getattr(b, name), name
     assert a.root_cause == b.root_cause

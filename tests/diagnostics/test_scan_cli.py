@@ -51,7 +51,9 @@ def test_scan_finds_onset_lead_and_root_cause(runs):
     assert top["first_move_step"] < d["collapse_onset_step"]
     # the format broke with the success (the synthetic run breaks both at once) and never in the stable run
     assert d["format_onset_step"] is not None and abs(d["format_onset_step"] - d["collapse_onset_step"]) <= 3
+    assert d["onset_context"]["kind"] == "format_break"
     s = scan(stable).to_dict()
+    assert s["onset_context"] is None
     assert s["collapse_onset_step"] is None and s["first_critical_step"] is None and s["lead_steps"] is None
     assert s["format_onset_step"] is None
 
