@@ -101,7 +101,8 @@ def test_cli_scan_json_and_table(runs, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["collapse_onset_step"] is not None
     assert main(["scan", str(collapsing)]) == 0
-    assert "collapse onset" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "collapse onset" in text and "at the onset: success fell with the format" in text
 
 
 def test_cli_report_is_self_contained(runs, tmp_path, capsys):
@@ -112,6 +113,7 @@ def test_cli_report_is_self_contained(runs, tmp_path, capsys):
     assert "plotly" in html.lower() and "<script src=" not in html  # plotly.js inline, no network
     assert "Three most telling rollouts" in html and 'class="tok"' in html
     assert "&lt;|im_end|&gt;" in html  # root cause rendered
+    assert "At the onset: success fell with the format" in html
 
 
 def _err(capsys) -> str:
