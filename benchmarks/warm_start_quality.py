@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(int(os.environ.get("COLLAPSEWATCH_THREADS", "1")))
     console = Console(stderr=True)
     base = TrainConfig().override_from_strings(args.set).override(eval_tasks=args.eval_tasks)
+    if base.model_path:
+        raise SystemExit(
+            "warm_start_quality scores the SFT warm start; a --set model_path checkpoint is not one"
+        )
     seeds = [score_seed(base.override(sft_seed=s), args.every, console) for s in args.seeds]
     finals = [s["in_dist"] for s in seeds]
     print(

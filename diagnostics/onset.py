@@ -18,6 +18,15 @@ ONSET_FRACTION = 0.5
 SUCCESS_NAMES = ("success/rate", "seq/success_rate", "reward/mean", "seq/reward_mean")
 
 
+def moving_mean(
+    steps: Sequence[int] | np.ndarray, values: Sequence[float] | np.ndarray, window: int = ONSET_WINDOW
+) -> pd.Series:
+    """`window`-step moving mean indexed by step (NaN until the window fills); non-finite values are
+    dropped first, so they neither break nor pollute a window."""
+    s = pd.Series(np.asarray(values, dtype=float), index=np.asarray(steps)).sort_index()
+    return s[np.isfinite(s.to_numpy())].rolling(window, min_periods=window).mean()
+
+
 def collapse_onset(
     steps: Sequence[int] | np.ndarray,
     success: Sequence[float] | np.ndarray,
@@ -26,11 +35,9 @@ def collapse_onset(
     frac: float = ONSET_FRACTION,
 ) -> int | None:
     """Onset step or None. Non-finite success values are skipped (they do not break a run)."""
-    s = pd.Series(np.asarray(success, dtype=float), index=np.asarray(steps)).sort_index()
-    s = s[np.isfinite(s.to_numpy())]
-    if len(s) < window + run - 1:
+    mean = moving_mean(steps, success, window)
+    if len(mean) < window + run - 1:
         return None
-    mean = s.rolling(window, min_periods=window).mean()
     peak = mean.cummax()
     below = (mean < frac * peak) & (peak > 0)
     streak = 0

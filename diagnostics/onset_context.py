@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
 from collapsewatch.diagnostics.detector_base import MonitorConfig
-from collapsewatch.diagnostics.onset import ONSET_WINDOW
+from collapsewatch.diagnostics.onset import moving_mean
 from collapsewatch.diagnostics.probe_drift import StartReference
 from collapsewatch.schema import PROBE_TEXT
 
@@ -53,8 +52,7 @@ def describe_onset(
     """`kind` ("format_break", "text_drift" or "success_only"), the evidence, and a sentence."""
     if onset is None:
         return None
-    mean = pd.Series(np.asarray(success, dtype=float), index=np.asarray(steps)).sort_index()
-    mean = mean[np.isfinite(mean.to_numpy())].rolling(ONSET_WINDOW, min_periods=ONSET_WINDOW).mean()
+    mean = moving_mean(steps, success)
     before = mean[mean.index < onset].dropna()
     peak = float(before.max()) if len(before) else None
     peak_step = int(before.idxmax()) if len(before) else None
