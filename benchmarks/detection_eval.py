@@ -2,7 +2,8 @@
 
 Reads (or, with --train, first runs) the bundled trainer's runs ROOT/<recipe>-s<seed> for the
 collapsing and the stable recipes, then for each run:
-  * `scan` (the same detectors as live): collapse onset (fixed definition), first critical, lead;
+  * `scan` (the same detectors as live): collapse onset (fixed definition) and what came with it
+    (`onset_kind`), first critical, lead;
   * a scalar-only baseline monitor, as simple peers do: after the same warm-up, alarm when token
     entropy leaves [0.5x, 2x] its warm-up mean, KL exceeds 0.1 nats, or the 5-step mean reward falls
     below 80% of its running peak; and the same monitor tightened until no stable run alarms
@@ -446,6 +447,8 @@ def main() -> None:
                     "lead": None if onset is None or crit is None else onset - crit,
                     "format_break": format_break,
                     "format_onset": format_onset,
+                    # what came with the onset: format_break, text_drift or success_only (scan's onset_context)
+                    "onset_kind": findings.onset_context["kind"] if findings.onset_context else None,
                     "lead_vs_format_onset": None if format_onset is None or crit is None else format_onset - crit,
                     "baseline_lead_vs_format_onset": None if format_onset is None or base is None else format_onset - base,
                     "first_control_move": min((st for n, (st, _) in moves.items() if n.startswith("ctrl/")), default=None),
@@ -521,6 +524,14 @@ def main() -> None:
         # per run, our lead minus the baseline's (both alarms present): > 0 where we warn earlier
         "lead_minus_baseline": _paired_difference(collapsed),
         "stable_runs_that_collapsed": sum(1 for r in stable if r["onset"] is not None),
+        # the onsets by what came with them: a stable recipe's crossing with neither a format break
+        # nor a drift of the expert's text (success_only) is often noise at a low success level
+        "onset_kinds": {
+            kind: dict(
+                Counter(r["onset_kind"] for r in per_run if r["kind"] == kind and r["onset"] is not None)
+            )
+            for kind in ("collapsing", "stable")
+        },
         # warnings (not pages) per stable-recipe run, over the whole run: alert fatigue
         "warnings_per_stable_run": round(float(np.mean([r["warnings"] for r in stable])), 2)
         if stable

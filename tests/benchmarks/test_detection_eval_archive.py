@@ -35,6 +35,8 @@ def test_detection_eval_reads_archives_in_place_of_runs(tmp_path):
     sweep_again.pop("root"), sweep.pop("root")  # the folder read differs, nothing else
     assert sweep_again == sweep
     assert from_runs["collapsing_runs"] == 2 and from_runs["stable_runs"] == 2
+    # the synthetic collapses break the format with the success; the stable runs never cross
+    assert from_runs["onset_kinds"] == {"collapsing": {"format_break": 2}, "stable": {}}
     strip = ("root",)  # the folder read differs, nothing else
     for key in from_runs:
         if key not in (*strip, "runs"):
