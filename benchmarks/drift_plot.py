@@ -23,21 +23,8 @@ from detection_eval import features_table, read_run, run_dir, save_figure, succe
 
 from collapsewatch.diagnostics.detector_base import MonitorConfig
 from collapsewatch.diagnostics.onset import collapse_onset
-from collapsewatch.diagnostics.probe_drift import StartReference
+from collapsewatch.diagnostics.probe_drift import text_fold_series as text_fold
 from collapsewatch.schema import PROBE_TEXT
-
-
-def text_fold(steps: np.ndarray, logp: np.ndarray, config: MonitorConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, fold) of the probe's text cost over its start, measured by ProbeTextDrift's own
-    reference (steps while it gathers its start, and non-finite ones, are left out)."""
-    reference = StartReference(config)
-    kept = [
-        (step, m[0])
-        for step, x in zip(steps, logp, strict=True)
-        if (m := reference.fold(PROBE_TEXT, float(x)))
-    ]
-    out = np.array(kept, dtype=float).reshape(-1, 2)
-    return out[:, 0].astype(int), out[:, 1]
 
 
 def summarize(

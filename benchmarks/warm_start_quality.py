@@ -49,7 +49,7 @@ def score_seed(cfg: TrainConfig, every: int, console: Console) -> dict:
         window.append(loss)
         if step % every and step != cfg.sft_steps:
             return
-        success = evaluate(model, fmt, cfg, device)["eval/in_dist_success"]
+        success = evaluate(model, fmt, cfg, device, splits=("in_dist",))["eval/in_dist_success"]
         model.train()  # evaluate() leaves the model in eval mode; the SFT goes on after it
         curve.append([step, round(float(np.mean(window)), 4), success])
         window.clear()

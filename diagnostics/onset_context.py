@@ -9,13 +9,14 @@ and the expert's text on the probe within 1.8x of its start, while every collaps
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from collapsewatch.diagnostics.detector_base import MonitorConfig
 from collapsewatch.diagnostics.onset import moving_mean
-from collapsewatch.diagnostics.probe_drift import StartReference
+from collapsewatch.diagnostics.probe_drift import text_fold_series
 from collapsewatch.schema import PROBE_TEXT
 
 # a format onset this many steps before or after the success onset counts as "with" it
@@ -28,17 +29,12 @@ def max_probe_text_fold(
     per_step: Mapping[int, Mapping[str, float]], config: MonitorConfig, from_step: int, to_step: int
 ) -> float | None:
     """Largest fold of the probe's expert-text cost over its start (the drift detector's own
-    reference) in [from_step, to_step]; None for a run without a probe."""
-    reference = StartReference(config)
-    folds = []
-    for step in sorted(per_step):
-        value = per_step[step].get(PROBE_TEXT)
-        if value is None:
-            continue
-        measured = reference.fold(PROBE_TEXT, float(value))
-        if measured is not None and from_step <= step <= to_step:
-            folds.append(measured[0])
-    return max(folds) if folds else None
+    measure) in [from_step, to_step]; None for a run without a probe."""
+    steps = sorted(per_step)
+    logp = [per_step[step].get(PROBE_TEXT, math.nan) for step in steps]
+    fold_steps, fold = text_fold_series(steps, logp, config)
+    inside = fold[(fold_steps >= from_step) & (fold_steps <= to_step)]
+    return float(inside.max()) if len(inside) else None
 
 
 def describe_onset(
@@ -74,11 +70,10 @@ def describe_onset(
     else:
         kind = "success_only"
         drift = "no probe to tell" if fold is None else f"the expert's text at most {fold:.1f}x its start"
+        level = "" if peak is None else f" (5-step mean peaked at {peak:.2f})"
         message = (
             f"success fell without a format break ({drift}): a slow loss of success, or noise at this "
-            f"success level (5-step mean peaked at {peak:.2f})"
-            if peak is not None
-            else f"success fell without a format break ({drift})"
+            f"success level{level}"
         )
     return {
         "kind": kind,

@@ -28,6 +28,8 @@ from __future__ import annotations
 import math
 import statistics
 
+import numpy as np
+
 from collapsewatch.diagnostics.alerts import Alert
 from collapsewatch.diagnostics.baseline import KofN
 from collapsewatch.diagnostics.detector_base import Detector, MonitorConfig, fmt
@@ -59,6 +61,19 @@ class StartReference:
             return None
         reference = statistics.median(early)
         return cost / reference, cost, reference
+
+
+def text_fold_series(steps, logp, config: MonitorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, fold) of the probe's expert-text cost over its start, step by step, as ProbeTextDrift
+    measures it (steps while the start is gathered, and non-finite ones, are left out)."""
+    reference = StartReference(config)
+    kept = [
+        (step, m[0])
+        for step, x in zip(steps, logp, strict=True)
+        if (m := reference.fold(PROBE_TEXT, float(x)))
+    ]
+    out = np.array(kept, dtype=float).reshape(-1, 2)
+    return out[:, 0].astype(int), out[:, 1]
 
 
 class _FoldLevels:

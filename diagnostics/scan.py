@@ -221,28 +221,12 @@ def first_critical_step(alerts: Iterable[Alert]) -> int | None:
     return min((a.step for a in alerts if a.severity == "critical"), default=None)
 
 
-def onset_from_timeline(timeline: pd.DataFrame) -> tuple[int | None, str | None]:
-    found = success_series(timeline)
-    if found is None:
-        return None, None
-    steps, values, name = found
-    return collapse_onset(steps, values), name
-
-
 def format_onset_from_timeline(timeline: pd.DataFrame) -> int | None:
     healthy_names = ("state/healthy_tool_call", "state/healthy_response")
     if timeline.empty or not all(n in timeline.columns for n in healthy_names):
         return None
     healthy = sum(pd.to_numeric(timeline[n], errors="coerce") for n in healthy_names)
     return collapse_onset(timeline["step"].to_numpy(), healthy.to_numpy(dtype=float))
-
-
-def _onset_context(timeline, onset, format_onset, per_step, config) -> dict | None:
-    found = success_series(timeline)
-    if found is None or onset is None:
-        return None
-    steps, values, _ = found
-    return describe_onset(steps, values, onset, format_onset, per_step, MonitorConfig.from_any(config))
 
 
 def scan(
@@ -268,15 +252,21 @@ def findings_of(
     """`scan`'s findings from a run read once and its features, so that a caller that also needs
     the features (detection_eval's per-step table) computes them only once."""
     run, per_step, notes = inputs.run, inputs.per_step, list(inputs.notes)
-    alerts, timeline = replay_features(features, run.control_tokens, config)
-    onset, series = onset_from_timeline(timeline)
+    monitor = MonitorConfig.from_any(config)
+    alerts, timeline = replay_features(features, run.control_tokens, monitor)
+    found = success_series(timeline)
+    steps, success, series = found if found is not None else (None, None, None)
+    onset = collapse_onset(steps, success) if found is not None else None
     format_onset = format_onset_from_timeline(timeline)
+    context = None
+    if onset is not None:  # what came with it: a format break, a drift of the expert's text, or neither
+        context = describe_onset(steps, success, onset, format_onset, per_step, monitor)
     if series in ("reward/mean", "seq/reward_mean"):
         notes.append("no success rate in this run: collapse onset computed on the mean reward")
     warns = [a.step for a in alerts if a.rank >= 1]
     first_critical = first_critical_step(alerts)
     lead = onset - first_critical if onset is not None and first_critical is not None else None
-    ranking = rank_control_tokens(per_step, onset, warmup=MonitorConfig.from_any(config).warmup)
+    ranking = rank_control_tokens(per_step, onset, warmup=monitor.warmup)
     return Findings(
         run=run.name,
         path=str(run.path),
@@ -290,7 +280,7 @@ def findings_of(
         alerts=alerts,
         root_cause=ranking,
         warnings=notes,
-        onset_context=_onset_context(timeline, onset, format_onset, per_step, config),
+        onset_context=context,
         timeline=timeline,
         per_step=per_step,
     )

@@ -9,7 +9,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ CHECKPOINT = "checkpoint"  # <run>/checkpoint/state.pt (+ the HF model for --mod
 FINAL_MODEL = "model"  # <run>/model: save_pretrained of the last policy, loadable with --model
 WARM_START_VERSION = 6  # bump when the environment or tokenizer changes
 SFTProgress = Callable[[int, float, torch.nn.Module], None]
+# evaluation name -> environment split
+EVAL_SPLITS = {"in_dist": "test", "format_ood": "format_ood", "content_ood": "content_ood"}
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -112,10 +114,19 @@ def load_policy(
 
 
 @torch.no_grad()
-def evaluate(policy, fmt: ChatFormat, cfg: TrainConfig, device, temperature: float = 0.0) -> dict[str, float]:
-    """Success on held-out in-distribution, format-OOD and content-OOD tasks (greedy by default)."""
+def evaluate(
+    policy,
+    fmt: ChatFormat,
+    cfg: TrainConfig,
+    device,
+    temperature: float = 0.0,
+    splits: Sequence[str] = EVAL_SPLITS,
+) -> dict[str, float]:
+    """Success on held-out in-distribution, format-OOD and content-OOD tasks (greedy by default), or
+    on the `splits` named (keys of EVAL_SPLITS)."""
     out = {}
-    for name, split in (("in_dist", "test"), ("format_ood", "format_ood"), ("content_ood", "content_ood")):
+    for name in splits:
+        split = EVAL_SPLITS[name]
         specs = [RolloutSpec(t, i, 0) for i, t in enumerate(env.tasks(split, cfg.eval_tasks))]
         gen = torch.Generator(device=device).manual_seed(1234)
         ros = generate(
