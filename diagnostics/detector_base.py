@@ -56,6 +56,11 @@ class MonitorConfig:
     # (slow collapses at a low LR drifted past 2.5x only after the onset, or never), so it went back
     # to an option (docs/detection.md, rounds 15-16)
     probe_text_page_fold: float = 0.0
+    # the same thresholds as a rise of the expert text's cost over its start, nats per token (0: off).
+    # A fold depends on how well the warm start knew the text (start cost 0.10 nats on rounds 16-17's
+    # warm start); round 18 holds out whether a fold or a rise carries across warm starts.
+    probe_text_delta: float = 0.0
+    probe_text_page_delta: float = 0.0
     # structural states
     max_classified: int = 128  # rollouts per step whose text is classified (evenly spaced sample)
     # structural states: one-sided CUSUM of the broken-turn share (logit scale) against the warm-up's

@@ -16,7 +16,7 @@ import numpy as np
 
 from collapsewatch.diagnostics.detector_base import MonitorConfig
 from collapsewatch.diagnostics.onset import moving_mean
-from collapsewatch.diagnostics.probe_drift import text_fold_series
+from collapsewatch.diagnostics.probe_drift import text_cost_series, text_drift_hit
 from collapsewatch.schema import PROBE_TEXT
 
 # a format onset this many steps before or after the success onset counts as "with" it
@@ -25,16 +25,18 @@ FORMAT_NEAR_STEPS = 10
 DRIFT_AFTER_STEPS = 5
 
 
-def max_probe_text_fold(
+def max_probe_text_drift(
     per_step: Mapping[int, Mapping[str, float]], config: MonitorConfig, from_step: int, to_step: int
-) -> float | None:
-    """Largest fold of the probe's expert-text cost over its start (the drift detector's own
-    measure) in [from_step, to_step]; None for a run without a probe."""
+) -> tuple[float, float] | None:
+    """Largest (fold, rise in nats per token) of the probe's expert-text cost over its start (the
+    drift detector's own measures) in [from_step, to_step]; None for a run without a probe."""
     steps = sorted(per_step)
     logp = [per_step[step].get(PROBE_TEXT, math.nan) for step in steps]
-    fold_steps, fold = text_fold_series(steps, logp, config)
-    inside = fold[(fold_steps >= from_step) & (fold_steps <= to_step)]
-    return float(inside.max()) if len(inside) else None
+    cost_steps, cost, start = text_cost_series(steps, logp, config)
+    inside = cost[(cost_steps >= from_step) & (cost_steps <= to_step)]
+    if not len(inside):
+        return None
+    return float(inside.max()) / start, float(inside.max()) - start
 
 
 def describe_onset(
@@ -53,9 +55,10 @@ def describe_onset(
     peak = float(before.max()) if len(before) else None
     peak_step = int(before.idxmax()) if len(before) else None
     at_onset = float(mean.get(onset, np.nan))
-    fold = max_probe_text_fold(per_step, config, config.warmup, onset + DRIFT_AFTER_STEPS)
+    drift = max_probe_text_drift(per_step, config, config.warmup, onset + DRIFT_AFTER_STEPS)
+    fold = None if drift is None else drift[0]
     with_format = format_onset is not None and abs(format_onset - onset) <= FORMAT_NEAR_STEPS
-    drifted = fold is not None and fold >= config.probe_text_fold
+    drifted = drift is not None and text_drift_hit(*drift, config.probe_text_fold, config.probe_text_delta)
     if with_format:
         kind = "format_break"
         message = (
@@ -69,10 +72,10 @@ def describe_onset(
         )
     else:
         kind = "success_only"
-        drift = "no probe to tell" if fold is None else f"the expert's text at most {fold:.1f}x its start"
+        seen = "no probe to tell" if fold is None else f"the expert's text at most {fold:.1f}x its start"
         level = "" if peak is None else f" (5-step mean peaked at {peak:.2f})"
         message = (
-            f"success fell without a format break ({drift}): a slow loss of success, or noise at this "
+            f"success fell without a format break ({seen}): a slow loss of success, or noise at this "
             f"success level{level}"
         )
     return {
@@ -82,5 +85,6 @@ def describe_onset(
         "success_5step_at_onset": None if not np.isfinite(at_onset) else round(at_onset, 4),
         "format_onset_step": format_onset,
         "max_probe_text_fold": None if fold is None else round(fold, 2),
+        "max_probe_text_rise": None if drift is None else round(drift[1], 4),
         "message": message,
     }

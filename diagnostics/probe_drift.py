@@ -63,30 +63,44 @@ class StartReference:
         return cost / reference, cost, reference
 
 
-def text_fold_series(steps, logp, config: MonitorConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, fold) of the probe's expert-text cost over its start, step by step, as ProbeTextDrift
-    measures it (steps while the start is gathered, and non-finite ones, are left out)."""
+def text_cost_series(steps, logp, config: MonitorConfig) -> tuple[np.ndarray, np.ndarray, float]:
+    """(steps, cost, start cost) of the probe's expert text, nats per token, as ProbeTextDrift
+    measures it (steps while the start is gathered, and non-finite ones, are left out; the start
+    cost is NaN until it is known)."""
     reference = StartReference(config)
     kept = [
-        (step, m[0])
+        (step, m[1], m[2])
         for step, x in zip(steps, logp, strict=True)
         if (m := reference.fold(PROBE_TEXT, float(x)))
     ]
-    out = np.array(kept, dtype=float).reshape(-1, 2)
-    return out[:, 0].astype(int), out[:, 1]
+    out = np.array(kept, dtype=float).reshape(-1, 3)
+    start = float(out[0, 2]) if len(out) else math.nan
+    return out[:, 0].astype(int), out[:, 1], start
 
 
-class _FoldLevels:
-    """A page and a warning threshold on a fold, each held on `persist_k` of the last `persist_n`
-    steps; a threshold of 0 is off."""
+def text_fold_series(steps, logp, config: MonitorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, fold) of the probe's expert-text cost over its start, step by step."""
+    kept_steps, cost, start = text_cost_series(steps, logp, config)
+    return kept_steps, cost / start
+
+
+def text_drift_hit(fold: float, rise: float, fold_threshold: float, rise_threshold: float) -> bool:
+    """Whether the expert text's drift reaches a threshold: a fold over its start cost, or a rise
+    in nats per token over it (round 18 of docs/detection.md asks which carries across warm
+    starts); a threshold of 0 is off."""
+    return 0 < fold_threshold <= fold or 0 < rise_threshold <= rise
+
+
+class _Levels:
+    """A page and a warning condition, each held on `persist_k` of the last `persist_n` steps."""
 
     def __init__(self, config: MonitorConfig):
         self._persist = {level: KofN(config.persist_k, config.persist_n) for level in ("critical", "warning")}
 
-    def severity(self, fold: float, page_fold: float, warn_fold: float) -> str | None:
+    def severity(self, page_hit: bool, warn_hit: bool) -> str | None:
         found = None
-        for level, threshold in (("critical", page_fold), ("warning", warn_fold)):
-            if self._persist[level].update(0 < threshold <= fold) and found is None:
+        for level, hit in (("critical", page_hit), ("warning", warn_hit)):
+            if self._persist[level].update(hit) and found is None:
                 found = level
         return found
 
@@ -98,7 +112,7 @@ class ProbeDrift(Detector):
     def __init__(self, config: MonitorConfig):
         super().__init__(config)
         self._reference = StartReference(config)
-        self._levels = _FoldLevels(config)
+        self._levels = _Levels(config)
 
     def update(self, f: StepFeatures) -> list[Alert]:
         c = self.config
@@ -116,7 +130,7 @@ class ProbeDrift(Detector):
             return []
         ranked = sorted(folds.items(), key=lambda kv: -kv[1][0])
         name, (fold, cost, reference) = ranked[0]
-        severity = self._levels.severity(fold, c.probe_page_fold, c.probe_warn_fold)
+        severity = self._levels.severity(0 < c.probe_page_fold <= fold, 0 < c.probe_warn_fold <= fold)
         if severity is None or not self.holds(f.step, severity):
             return []
         by_token = [(parse_probe_token(n), v[0]) for n, v in ranked if n != PROBE_CTRL_WORST]
@@ -145,7 +159,7 @@ class ProbeTextDrift(Detector):
     def __init__(self, config: MonitorConfig):
         super().__init__(config)
         self._reference = StartReference(config)
-        self._levels = _FoldLevels(config)
+        self._levels = _Levels(config)
 
     def update(self, f: StepFeatures) -> list[Alert]:
         c = self.config
@@ -156,16 +170,24 @@ class ProbeTextDrift(Detector):
         if measured is None or not self.warmed_up:
             return []
         fold, cost, reference = measured
-        severity = self._levels.severity(fold, c.probe_text_page_fold, c.probe_text_fold)
+        rise = cost - reference
+        severity = self._levels.severity(
+            text_drift_hit(fold, rise, c.probe_text_page_fold, c.probe_text_page_delta),
+            text_drift_hit(fold, rise, c.probe_text_fold, c.probe_text_delta),
+        )
         if severity is None:
             return []
-        alone = " It pages on its own (probe_text_page_fold)." if severity == "critical" else ""
+        alone = (
+            " It pages on its own (probe_text_page_fold / probe_text_page_delta)."
+            if severity == "critical"
+            else ""
+        )
         msg = (
             f"On the reference conversations, the expert's ordinary (non-control) tokens cost {fmt(fold)}x "
-            f"the log-loss they had at the start ({fmt(reference)} -> {fmt(cost)} nats): the policy is "
+            f"the log-loss they had at the start ({fmt(reference)} -> {fmt(cost)} nats per token, +{fmt(rise)}): the policy is "
             f"drifting away from the expert's language as a whole (on the bundled trainer, supervised runs that "
             f"held stayed under ~3.2x; fast collapses went on to 11-125x, slow ones to 2.5-7x).{alone} "
             f"{_FIX}"
         )
-        alert = self.emit(f, severity, msg, cost, reference, fold=fold)
+        alert = self.emit(f, severity, msg, cost, reference, fold=fold, rise=rise)
         return [alert] if alert else []

@@ -524,3 +524,30 @@ def test_probe_text_drift_warns_then_pages_alone_only_when_asked():
     assert [(a.step, a.severity) for a in alerts] == [(21, "warning"), (36, "critical")]
     assert alerts[1].family == "drift" and "pages on its own" in alerts[1].message
     assert "pages on its own" not in alerts[0].message
+
+
+def test_probe_text_drift_thresholds_as_a_rise_in_nats():
+    """With the folds off, the same detector warns and pages on the rise of the expert text's cost
+    over its start: from 0.03 nats, +0.04 warns at a 0.03 warning rise and +0.06 pages at 0.05,
+    whatever fold that is; a start twice as costly reaches the page at a smaller fold."""
+
+    def replay(config, start):
+        det, alerts = ProbeTextDrift(config), []
+        for step in range(60):
+            rise = 0.0 if step < 20 else 0.04 if step < 35 else 0.06
+            alerts += det.update(step_features(step, {"probe/logp_text": -(start + rise)}, None))
+        return alerts
+
+    by_rise = dataclasses.replace(
+        CONFIG,
+        probe_text_fold=0.0,
+        probe_text_page_fold=0.0,
+        probe_text_delta=0.03,
+        probe_text_page_delta=0.05,
+    )
+    for start in (0.03, 0.06):
+        alerts = replay(by_rise, start)
+        assert [(a.step, a.severity) for a in alerts] == [(21, "warning"), (36, "critical")]
+        assert alerts[1].evidence["rise"] == pytest.approx(0.06)
+        assert alerts[1].evidence["fold"] == pytest.approx((start + 0.06) / start)
+    assert replay(dataclasses.replace(by_rise, probe_text_delta=0.0, probe_text_page_delta=0.0), 0.03) == []

@@ -6,7 +6,7 @@ import numpy as np
 
 from collapsewatch.diagnostics import collapse_onset
 from collapsewatch.diagnostics.detector_base import MonitorConfig
-from collapsewatch.diagnostics.onset_context import describe_onset, max_probe_text_fold
+from collapsewatch.diagnostics.onset_context import describe_onset, max_probe_text_drift
 from collapsewatch.schema import PROBE_TEXT
 
 STEPS = np.arange(1, 61)
@@ -41,8 +41,13 @@ def test_drift_is_read_up_to_just_after_the_onset() -> None:
     """A drift that starts long after the onset does not explain it."""
     config = MonitorConfig()
     late = _probe(6.0, from_step=50)
-    assert max_probe_text_fold(late, config, config.warmup, 43) == 1.0
+    assert max_probe_text_drift(late, config, config.warmup, 43) == (1.0, 0.0)
     assert describe_onset(STEPS, SUCCESS, 38, None, late, config)["kind"] == "success_only"
     # the threshold is the drift detector's own warning fold
     strict = MonitorConfig(probe_text_fold=8.0)
     assert describe_onset(STEPS, SUCCESS, 38, None, _probe(6.0), strict)["kind"] == "success_only"
+    # ... or its rise in nats per token, when that is the threshold set (the fold off)
+    by_rise = MonitorConfig(probe_text_fold=0.0, probe_text_delta=0.3)
+    assert describe_onset(STEPS, SUCCESS, 38, None, _probe(3.0), by_rise)["kind"] == "success_only"
+    rose = describe_onset(STEPS, SUCCESS, 38, None, _probe(5.0), by_rise)
+    assert rose["kind"] == "text_drift" and rose["max_probe_text_rise"] == 0.4
