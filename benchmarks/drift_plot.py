@@ -1,15 +1,18 @@
 """The expert-text drift on the reference probe, run by run: what round 15's page read.
 
 For each run (ROOT/<recipe>-s<seed>, a run folder or its feature archive), the probe's ordinary-token
-cost as a fold over its median in the run's first `probe_ref_steps` steps: the quantity
-`ProbeTextDrift` warns on, and pages on when `probe_text_page_fold` is set (docs/detectors.md). One
-panel per group of runs: those that crossed the collapse onset line (onset marked) and those that
-never did, with the page fold (`--page-fold`, round 15's 2.5x). Prints, per run, its largest fold
-after the warm-up and where, the first step at or over the page fold, the largest fold up to step
-80 and after it (long runs), and the onset; the last line is one JSON object.
+cost against its median in the run's first `probe_ref_steps` steps (its start cost), as a fold
+(`--measure fold`, what `probe_text_page_fold` pages on) or as a rise in nats per token (`--measure
+rise`, `probe_text_page_delta`; docs/detectors.md). Why both: a fold depends on how well the warm
+start knew the text, and round 18 of docs/detection.md asks which of the two carries across warm
+starts. One panel per group of runs: those that crossed the collapse onset line (onset marked) and
+those that never did, with the page threshold (`--page`: round 15's 2.5x by default for the fold).
+Prints, per run, its start cost, largest fold and rise after the warm-up and where, the first step
+at or over the page threshold, the largest fold up to step 80 and after it (long runs), and the
+onset; the last line is one JSON object.
 
 Usage: .venv/bin/python benchmarks/drift_plot.py --root ROOT [ROOT ...] --recipes collapse off-policy \
-    --seeds 30 31 [--label "round 16"] [--plot docs/img/drift-r16.png]
+    --seeds 30 31 [--label "round 16"] [--measure rise --page 0.05] [--plot docs/img/drift-r16.png]
 """
 
 from __future__ import annotations
@@ -23,33 +26,46 @@ from detection_eval import features_table, read_run, run_dir, save_figure, succe
 
 from collapsewatch.diagnostics.detector_base import MonitorConfig
 from collapsewatch.diagnostics.onset import collapse_onset
-from collapsewatch.diagnostics.probe_drift import text_fold_series as text_fold
+from collapsewatch.diagnostics.probe_drift import text_cost_series
 from collapsewatch.schema import PROBE_TEXT
 
 
 def summarize(
-    name: str, steps: np.ndarray, fold: np.ndarray, onset: int | None, config: MonitorConfig, page_fold: float
+    name: str,
+    steps: np.ndarray,
+    cost: np.ndarray,
+    start: float,
+    onset: int | None,
+    config: MonitorConfig,
+    page: float,
+    measure: str = "fold",
 ) -> dict:
     after = steps >= config.warmup
-    s, f = steps[after], fold[after]
-    if not len(f):
-        return {"run": name, "onset": onset, "max_fold": None}
-    over = s[f >= page_fold]
-    early, late = f[s <= 80], f[s > 80]
+    s, fold, rise = steps[after], cost[after] / start, cost[after] - start
+    if not len(s):
+        return {"run": name, "onset": onset, "start_cost": None, "max_fold": None, "max_rise": None}
+    over = s[(fold if measure == "fold" else rise) >= page]
+    early, late = fold[s <= 80], fold[s > 80]
     return {
         "run": name,
         "onset": onset,
-        "max_fold": round(float(f.max()), 2),
-        "max_at": int(s[f.argmax()]),
-        "first_at_page_fold": int(over[0]) if len(over) else None,  # the first step at page_fold or more
+        "start_cost": round(start, 4),
+        "max_fold": round(float(fold.max()), 2),
+        "max_rise": round(float(rise.max()), 4),
+        "max_at": int(s[fold.argmax()]),
+        "first_at_page": int(over[0]) if len(over) else None,  # the first step at `page` or more
         "max_fold_to_80": round(float(early.max()), 2) if len(early) else None,
         "max_fold_after_80": round(float(late.max()), 2) if len(late) else None,
-        "last_fold": round(float(f[-1]), 2),
+        "last_fold": round(float(fold[-1]), 2),
     }
 
 
 def plot(
-    curves: list[tuple[str, np.ndarray, np.ndarray, int | None]], path: Path, label: str, page: float
+    curves: list[tuple[str, np.ndarray, np.ndarray, int | None]],
+    path: Path,
+    label: str,
+    page: float,
+    measure: str = "fold",
 ) -> None:
     import matplotlib
 
@@ -60,18 +76,26 @@ def plot(
     groups = (("crossed the onset line", [c for c in curves if c[3] is not None]),
               ("never crossed it", [c for c in curves if c[3] is None]))  # fmt: skip
     for ax, (title, members) in zip(axes, groups, strict=True):
-        for name, steps, fold, onset in members:
-            (line,) = ax.plot(steps, fold, lw=1, label=name)
+        for name, steps, y, onset in members:
+            (line,) = ax.plot(steps, y, lw=1, label=name)
             if onset is not None:
                 at = np.searchsorted(steps, onset)
                 if at < len(steps):
-                    ax.plot(steps[at], fold[at], "o", color=line.get_color(), ms=4)
-        ax.axhline(page, color="black", ls="--", lw=0.8, label=f"page at {page}x")
-        ax.set_yscale("log")
+                    ax.plot(steps[at], y[at], "o", color=line.get_color(), ms=4)
+        unit = "x" if measure == "fold" else " nats"
+        ax.axhline(page, color="black", ls="--", lw=0.8, label=f"page at {page}{unit}")
+        if measure == "fold":
+            ax.set_yscale("log")
+        else:
+            ax.set_yscale("symlog", linthresh=0.01)
         ax.set_xlabel("step")
         ax.set_title(f"{label + ': ' if label else ''}{title} ({len(members)} runs)", fontsize=9)
         ax.legend(fontsize=6, ncol=2)
-    axes[0].set_ylabel("expert text cost on the probe / its start (fold)")
+    axes[0].set_ylabel(
+        "expert text cost on the probe / its start (fold)"
+        if measure == "fold"
+        else "expert text cost on the probe minus its start (nats per token)"
+    )
     save_figure(fig, path)
 
 
@@ -83,12 +107,16 @@ def main() -> None:
     ap.add_argument("--label", default="")
     ap.add_argument("--plot", default="", help="PNG path ('' for none)")
     ap.add_argument(
-        "--page-fold",
+        "--measure", choices=("fold", "rise"), default="fold", help="fold over the start, or rise"
+    )
+    ap.add_argument(
+        "--page",
         type=float,
-        default=2.5,
-        help="the fold to mark (round 15's page; an option since round 16)",
+        default=None,
+        help="the threshold to mark (default: 2.5 for the fold, round 15's page; 0.05 nats for the rise)",
     )
     args = ap.parse_args()
+    page = args.page if args.page is not None else (2.5 if args.measure == "fold" else 0.05)
     config = MonitorConfig()
     curves, rows = [], []
     for root in map(Path, args.root):
@@ -102,15 +130,17 @@ def main() -> None:
                     continue
                 name = f"{root.name}/{run_dir(root, recipe, seed).name}"
                 onset = collapse_onset(t["step"].to_numpy(), success_of(t)[0])
-                steps, fold = text_fold(t["step"].to_numpy(), t[PROBE_TEXT].to_numpy(dtype=float), config)
-                curves.append((name, steps, fold, onset))
-                rows.append(summarize(name, steps, fold, onset, config, args.page_fold))
+                steps, cost, start = text_cost_series(
+                    t["step"].to_numpy(), t[PROBE_TEXT].to_numpy(dtype=float), config
+                )
+                curves.append((name, steps, cost / start if args.measure == "fold" else cost - start, onset))
+                rows.append(summarize(name, steps, cost, start, onset, config, page, args.measure))
                 print(json.dumps(rows[-1]))
     if not rows:
         raise SystemExit("no runs with a reference probe under those roots, recipes and seeds")
     if args.plot:
-        plot(curves, Path(args.plot), args.label, args.page_fold)
-    print(json.dumps({"benchmark": "drift_plot", "page_fold": args.page_fold, "runs": rows}))
+        plot(curves, Path(args.plot), args.label, page, args.measure)
+    print(json.dumps({"benchmark": "drift_plot", "measure": args.measure, "page": page, "runs": rows}))
 
 
 if __name__ == "__main__":

@@ -78,6 +78,15 @@ PROBE_SETTINGS = {
         "probe_text_page_fold": 2.5,
     },
     "drift pages at 3x": {**ROUND7, **TEXT_GATE, "probe_text_fold": 3.0, "probe_text_page_fold": 3.0},
+    # round 18's rules B and C: the same page low, as a fold or as a rise in nats per token
+    "drift pages at 1.5x": {**ROUND7, **TEXT_GATE, "probe_text_fold": 1.5, "probe_text_page_fold": 1.5},
+    "drift pages at +0.05 nats": {
+        **ROUND7,
+        **TEXT_GATE,
+        "probe_text_fold": 0.0,
+        "probe_text_delta": 0.05,
+        "probe_text_page_delta": 0.05,
+    },
 }
 
 

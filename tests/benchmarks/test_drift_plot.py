@@ -1,4 +1,4 @@
-"""drift_plot measures the fold that ProbeTextDrift pages on, step for step."""
+"""drift_plot measures the fold and the rise that ProbeTextDrift pages on, step for step."""
 
 from __future__ import annotations
 
@@ -9,34 +9,47 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from drift_plot import summarize, text_fold  # noqa: E402
+from drift_plot import summarize  # noqa: E402
 
 from collapsewatch.diagnostics.detector_base import MonitorConfig
 from collapsewatch.diagnostics.features import StepFeatures
-from collapsewatch.diagnostics.probe_drift import ProbeTextDrift
+from collapsewatch.diagnostics.probe_drift import ProbeTextDrift, text_cost_series
 from collapsewatch.schema import PROBE_TEXT
 
 
-def test_text_fold_is_the_detectors_fold() -> None:
+def _fired(config: MonitorConfig, steps, logp) -> dict[int, dict]:
+    """step -> evidence of every alert the detector raises on the series; it must page."""
+    detector, fired, severities = ProbeTextDrift(config), {}, set()
+    for step, value in zip(steps, logp, strict=True):
+        for alert in detector.update(StepFeatures(int(step), {PROBE_TEXT: float(value)})):
+            fired[alert.step] = alert.evidence
+            severities.add(alert.severity)
+    assert "critical" in severities, "the constructed drift must page"
+    return fired
+
+
+def test_fold_and_rise_are_the_detectors() -> None:
     rng = np.random.default_rng(0)
     steps = np.arange(1, 61)
     cost = 0.5 * (1 + 0.05 * rng.standard_normal(60)) * np.where(steps > 30, 1 + 0.2 * (steps - 30), 1)
     logp = -cost
     logp[40] = np.nan  # a step without a finite probe value is skipped by both
     config = MonitorConfig(probe_text_fold=2.5, probe_text_page_fold=2.5)  # round 15's page
-    fold_steps, fold = text_fold(steps, logp, config)
-    detector = ProbeTextDrift(config)
-    fired, severities = {}, set()
-    for step, value in zip(steps, logp, strict=True):
-        for alert in detector.update(StepFeatures(int(step), {PROBE_TEXT: float(value)})):
-            fired[alert.step] = alert.evidence["fold"]
-            severities.add(alert.severity)
-    assert "critical" in severities, "the constructed drift must page"
-    by_step = dict(zip(fold_steps.tolist(), fold.tolist(), strict=True))
-    assert 41 not in by_step
-    for step, value in fired.items():
-        assert np.isclose(by_step[step], value)
-    row = summarize("run", fold_steps, fold, onset=None, config=config, page_fold=2.5)
+    cost_steps, measured, start = text_cost_series(steps, logp, config)
+    assert 41 not in cost_steps.tolist()
+    by_step = dict(zip(cost_steps.tolist(), measured.tolist(), strict=True))
+    fired = _fired(config, steps, logp)
+    for step, evidence in fired.items():
+        assert np.isclose(by_step[step] / start, evidence["fold"])
+        assert np.isclose(by_step[step] - start, evidence["rise"])
+    row = summarize("run", cost_steps, measured, start, onset=None, config=config, page=2.5)
     # the first page needs 2 of 3 steps over the fold: it comes at or after the first step over it
-    assert row["first_at_page_fold"] <= min(s for s, a in fired.items())
-    assert row["max_fold"] == round(float(fold[fold_steps >= config.warmup].max()), 2)
+    assert row["first_at_page"] <= min(fired)
+    assert row["max_fold"] == round(float((measured / start)[cost_steps >= config.warmup].max()), 2)
+    assert row["start_cost"] == round(start, 4)
+    # the same series read as a rise in nats per token, against a page on the rise
+    by_rise = MonitorConfig(probe_text_fold=0.0, probe_text_delta=0.4, probe_text_page_delta=0.4)
+    fired = _fired(by_rise, steps, logp)
+    row = summarize("run", cost_steps, measured, start, None, by_rise, page=0.4, measure="rise")
+    assert row["first_at_page"] <= min(fired)
+    assert row["max_rise"] == round(float((measured - start)[cost_steps >= config.warmup].max()), 4)
