@@ -20,7 +20,9 @@ round 15's default. From the 0.58 warm start of rounds 11-15, the supervised run
 7's rule 4). Round 16, from a 0.125 warm start, showed its weakness: supervised runs drifted only
 1.4-1.5x, but slow collapses at a low learning rate crossed 2.5x after their onset or never, and
 it caught 3 of 9 collapses by the onset against round 7's rule's 9 of 9, so round 7's rule is the
-default again (docs/detection.md). How far the expert's text drifts depends on the warm start.
+default again (docs/detection.md). How far the expert's text drifts depends on the warm start, so
+its thresholds can also be set as a rise in nats per token over the start cost (`probe_text_delta`,
+`probe_text_page_delta`); round 18 holds out which of the two carries across warm starts.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ them every family in `verdict_requires` and, when the run has data for it, in
 family, was round 15's default, and a run without a reference probe is judged without it).
 A family counts while its condition holds, not only on the step it alerted: a detector alerts once per episode, and a
 success slide that alerted 8 steps ago and is still under way is still evidence. Non-finite values
-page on their own, and so, when `probe_text_page_fold` is set, does the expert-text drift on the
+page on their own, and so, when `probe_text_page_fold` (or `_delta`) is set, does the expert-text drift on the
 reference probe (probe_drift.py): one family, which its message says. Confidence is a plain heuristic: the number of agreeing families over three
 (one 33%, two 67%, three or more 100%).
 """
