@@ -8,9 +8,13 @@ and machines (0.11-0.58 for the same recipe, docs/reproduction.md), and it decid
 collapse; a change to the SFT recipe should be judged over seeds, on the curve, not one number.
 
 Prints a line per checkpoint and, last, one JSON object: per seed the curve (step, mean loss of the
-last `--every` steps, in-distribution greedy success), the final in-distribution / format-OOD /
-content-OOD success, the weights digest and seconds; and the spread of the final in-distribution
-success over seeds.
+last `--every` steps, in-distribution greedy success, the probe's expert-text cost), the final
+in-distribution / format-OOD / content-OOD success and probe text cost, the weights digest and
+seconds; and the spread of the final in-distribution success over seeds. The probe text cost is the
+teacher-forced loss, nats per token, of the expert's ordinary tokens on the trainer's reference
+conversations (held-out tasks): the start cost `ProbeTextDrift` measures drift against, and a
+cheap proxy of the greedy score (over the 8 warm starts of docs/reproduction.md, 0.06 nats went
+with 0.30-0.34 greedy success, 0.10-0.13 with 0.125).
 
 Usage: .venv/bin/python benchmarks/warm_start_quality.py --seeds 1 2 3 [--set sft_lr=6e-3 ...]
        [--every 250] [--eval-tasks 64]
@@ -29,8 +33,10 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from collapsewatch.schema import PROBE_TEXT
 from collapsewatch.trainer import model as model_lib
 from collapsewatch.trainer import tokenizer as tokenizer_lib
+from collapsewatch.trainer.grpo import control_probe
 from collapsewatch.trainer.recipes import TrainConfig
 from collapsewatch.trainer.rollout import ChatFormat
 from collapsewatch.trainer.train import evaluate, load_policy, pick_device
@@ -41,6 +47,11 @@ def score_seed(cfg: TrainConfig, every: int, console: Console) -> dict:
     device = pick_device(cfg.device)
     # the tokenizer load_policy will use (cached after the first seed): the curve's rollouts need it
     fmt = ChatFormat(tokenizer_lib.load_or_train(Path(cfg.cache_dir), cfg.vocab_size, cfg.tokenizer_tasks))
+    probe = control_probe(fmt, cfg.probe_tasks)
+
+    def text_cost(model: torch.nn.Module) -> float | None:
+        return None if probe is None else round(-probe.measure(model)[PROBE_TEXT], 4)
+
     curve: list[list[float]] = []
     window: list[float] = []
     started = time.perf_counter()
@@ -51,10 +62,11 @@ def score_seed(cfg: TrainConfig, every: int, console: Console) -> dict:
             return
         success = evaluate(model, fmt, cfg, device, splits=("in_dist",))["eval/in_dist_success"]
         model.train()  # evaluate() leaves the model in eval mode; the SFT goes on after it
-        curve.append([step, round(float(np.mean(window)), 4), success])
+        curve.append([step, round(float(np.mean(window)), 4), success, text_cost(model)])
         window.clear()
         console.print(
-            f"seed {cfg.sft_seed} step {step}: loss {curve[-1][1]:.3f}, greedy in-dist {success:.3f}"
+            f"seed {cfg.sft_seed} step {step}: loss {curve[-1][1]:.3f}, greedy in-dist {success:.3f}, "
+            f"probe text cost {curve[-1][3]}"
         )
 
     model, tok, origin = load_policy(cfg, device, 0, 1, console.print, sft_progress=on_step)
@@ -66,6 +78,7 @@ def score_seed(cfg: TrainConfig, every: int, console: Console) -> dict:
         "in_dist": final["eval/in_dist_success"],
         "format_ood": final["eval/format_ood_success"],
         "content_ood": final["eval/content_ood_success"],
+        "probe_text_cost": text_cost(model),
         "final_loss": origin.get("sft_final_loss"),
         "weights_sha256": model_lib.weights_digest(origin["warm_start"]),
         "warm_start": origin["warm_start"],

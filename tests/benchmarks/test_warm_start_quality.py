@@ -32,6 +32,8 @@ def test_curve_scores_the_same_weights_the_trainer_builds(tmp_path, capsys) -> N
     assert seed["built_here"] and [row[0] for row in seed["curve"]] == [2, 4, 6]
     assert all(0.0 <= row[2] <= 1.0 and row[1] > 0 for row in seed["curve"])
     assert report["in_dist"]["min"] == seed["in_dist"] == seed["curve"][-1][2]
+    # the probe's expert-text cost: a loss in nats, the same on the curve's last check and at the end
+    assert seed["probe_text_cost"] > 0 and seed["curve"][-1][3] == seed["probe_text_cost"]
 
     # the greedy rollouts between SFT steps leave the training untouched: the same weights as a
     # warm start built by the trainer's own path, with no one watching
