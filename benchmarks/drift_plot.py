@@ -99,6 +99,41 @@ def plot(
     save_figure(fig, path)
 
 
+def plot_by_root(
+    runs: list[tuple[str, str, np.ndarray, np.ndarray, float]], path: Path, label: str, collapsing: str
+) -> None:
+    """Fold and rise side by side, one colour per root (a warm start), `collapsing`-recipe runs solid
+    and the others dashed: which of the two measures puts each kind at the same height on both?"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    roots = list(dict.fromkeys(root for root, *_ in runs))
+    colours = dict(zip(roots, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    for ax, measure in zip(axes, ("fold", "rise"), strict=True):
+        for root, name, steps, cost, start in runs:
+            y = cost / start if measure == "fold" else cost - start
+            ax.plot(steps, y, lw=0.9, color=colours[root], ls="-" if name.startswith(collapsing) else "--")
+        ax.set_yscale(
+            "log" if measure == "fold" else "symlog", **({} if measure == "fold" else {"linthresh": 0.01})
+        )
+        ax.set_xlabel("step")
+        ax.set_ylabel(
+            "expert text cost / its start" if measure == "fold" else "cost minus its start, nats per token"
+        )
+    handles = [plt.Line2D([], [], color=colours[r], label=r) for r in roots] + [
+        plt.Line2D([], [], color="gray", ls="-", label=f"{collapsing} runs"),
+        plt.Line2D([], [], color="gray", ls="--", label="supervised runs"),
+    ]
+    axes[1].legend(handles=handles, fontsize=7)
+    fig.suptitle(
+        f"{label + ': ' if label else ''}the expert text's drift as a fold and as a rise", fontsize=9
+    )
+    save_figure(fig, path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", nargs="+", required=True, help="one or more roots of runs or archives")
@@ -115,10 +150,16 @@ def main() -> None:
         default=None,
         help="the threshold to mark (default: 2.5 for the fold, round 15's page; 0.05 nats for the rise)",
     )
+    ap.add_argument(
+        "--by-root",
+        default="",
+        metavar="PNG",
+        help="also plot fold and rise side by side, a colour per root (warm start), the first recipe solid",
+    )
     args = ap.parse_args()
     page = args.page if args.page is not None else (2.5 if args.measure == "fold" else 0.05)
     config = MonitorConfig()
-    curves, rows = [], []
+    curves, rows, by_root = [], [], []
     for root in map(Path, args.root):
         for recipe in args.recipes:
             for seed in args.seeds:
@@ -134,12 +175,15 @@ def main() -> None:
                     t["step"].to_numpy(), t[PROBE_TEXT].to_numpy(dtype=float), config
                 )
                 curves.append((name, steps, cost / start if args.measure == "fold" else cost - start, onset))
+                by_root.append((root.name, run_dir(root, recipe, seed).name, steps, cost, start))
                 rows.append(summarize(name, steps, cost, start, onset, config, page, args.measure))
                 print(json.dumps(rows[-1]))
     if not rows:
         raise SystemExit("no runs with a reference probe under those roots, recipes and seeds")
     if args.plot:
         plot(curves, Path(args.plot), args.label, page, args.measure)
+    if args.by_root:
+        plot_by_root(by_root, Path(args.by_root), args.label, args.recipes[0])
     print(json.dumps({"benchmark": "drift_plot", "measure": args.measure, "page": page, "runs": rows}))
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from drift_plot import summarize  # noqa: E402
+from drift_plot import plot_by_root, summarize  # noqa: E402
 
 from collapsewatch.diagnostics.detector_base import MonitorConfig
 from collapsewatch.diagnostics.features import StepFeatures
@@ -53,3 +53,15 @@ def test_fold_and_rise_are_the_detectors() -> None:
     row = summarize("run", cost_steps, measured, start, None, by_rise, page=0.4, measure="rise")
     assert row["first_at_page"] <= min(fired)
     assert row["max_rise"] == round(float((measured - start)[cost_steps >= config.warmup].max()), 4)
+
+
+def test_by_root_plot_draws_both_measures(tmp_path) -> None:
+    steps = np.arange(6, 40)
+    runs = [
+        (root, name, steps, start * (1 + rate * (steps - 6)), start)
+        for root, start in (("r17", 0.1), ("r18", 0.06))
+        for name, rate in (("collapse-s1", 0.5), ("off-policy-s1", 0.01))
+    ]
+    out = tmp_path / "by-root.png"
+    plot_by_root(runs, out, "test", "collapse")
+    assert out.stat().st_size > 10_000
