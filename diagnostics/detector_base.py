@@ -58,7 +58,8 @@ class MonitorConfig:
     probe_text_page_fold: float = 0.0
     # the same thresholds as a rise of the expert text's cost over its start, nats per token (0: off).
     # A fold depends on how well the warm start knew the text (start cost 0.10 nats on rounds 16-17's
-    # warm start); round 18 holds out whether a fold or a rise carries across warm starts.
+    # warm start, 0.06 on round 18's); in round 18 neither a fold nor a rise carried across the two
+    # at a threshold low enough to lead (supervised runs: +0.02-0.08 nats, then +0.03-0.15)
     probe_text_delta: float = 0.0
     probe_text_page_delta: float = 0.0
     # structural states
