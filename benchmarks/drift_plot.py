@@ -30,6 +30,11 @@ from collapsewatch.diagnostics.probe_drift import text_cost_series
 from collapsewatch.schema import PROBE_TEXT
 
 
+def drift(cost: np.ndarray, start: float, measure: str) -> np.ndarray:
+    """The cost as a fold over its start, or as a rise in nats per token over it."""
+    return cost / start if measure == "fold" else cost - start
+
+
 def summarize(
     name: str,
     steps: np.ndarray,
@@ -41,7 +46,7 @@ def summarize(
     measure: str = "fold",
 ) -> dict:
     after = steps >= config.warmup
-    s, fold, rise = steps[after], cost[after] / start, cost[after] - start
+    s, fold, rise = steps[after], drift(cost[after], start, "fold"), drift(cost[after], start, "rise")
     if not len(s):
         return {"run": name, "onset": onset, "start_cost": None, "max_fold": None, "max_rise": None}
     over = s[(fold if measure == "fold" else rise) >= page]
@@ -60,24 +65,23 @@ def summarize(
     }
 
 
-def plot(
-    curves: list[tuple[str, np.ndarray, np.ndarray, int | None]],
-    path: Path,
-    label: str,
-    page: float,
-    measure: str = "fold",
-) -> None:
+# a run read for the plots: (root name, run name, steps, cost, start cost, onset)
+Curve = tuple[str, str, np.ndarray, np.ndarray, float, int | None]
+
+
+def plot(curves: list[Curve], path: Path, label: str, page: float, measure: str = "fold") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    groups = (("crossed the onset line", [c for c in curves if c[3] is not None]),
-              ("never crossed it", [c for c in curves if c[3] is None]))  # fmt: skip
+    groups = (("crossed the onset line", [c for c in curves if c[5] is not None]),
+              ("never crossed it", [c for c in curves if c[5] is None]))  # fmt: skip
     for ax, (title, members) in zip(axes, groups, strict=True):
-        for name, steps, y, onset in members:
-            (line,) = ax.plot(steps, y, lw=1, label=name)
+        for root, name, steps, cost, start, onset in members:
+            y = drift(cost, start, measure)
+            (line,) = ax.plot(steps, y, lw=1, label=f"{root}/{name}")
             if onset is not None:
                 at = np.searchsorted(steps, onset)
                 if at < len(steps):
@@ -99,9 +103,7 @@ def plot(
     save_figure(fig, path)
 
 
-def plot_by_root(
-    runs: list[tuple[str, str, np.ndarray, np.ndarray, float]], path: Path, label: str, collapsing: str
-) -> None:
+def plot_by_root(curves: list[Curve], path: Path, label: str, collapsing: str) -> None:
     """Fold and rise side by side, one colour per root (a warm start), `collapsing`-recipe runs solid
     and the others dashed: which of the two measures puts each kind at the same height on both?"""
     import matplotlib
@@ -110,11 +112,11 @@ def plot_by_root(
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    roots = list(dict.fromkeys(root for root, *_ in runs))
+    roots = list(dict.fromkeys(root for root, *_ in curves))
     colours = dict(zip(roots, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     for ax, measure in zip(axes, ("fold", "rise"), strict=True):
-        for root, name, steps, cost, start in runs:
-            y = cost / start if measure == "fold" else cost - start
+        for root, name, steps, cost, start, _ in curves:
+            y = drift(cost, start, measure)
             ax.plot(steps, y, lw=0.9, color=colours[root], ls="-" if name.startswith(collapsing) else "--")
         ax.set_yscale(
             "log" if measure == "fold" else "symlog", **({} if measure == "fold" else {"linthresh": 0.01})
@@ -159,7 +161,8 @@ def main() -> None:
     args = ap.parse_args()
     page = args.page if args.page is not None else (2.5 if args.measure == "fold" else 0.05)
     config = MonitorConfig()
-    curves, rows, by_root = [], [], []
+    curves: list[Curve] = []
+    rows = []
     for root in map(Path, args.root):
         for recipe in args.recipes:
             for seed in args.seeds:
@@ -169,21 +172,22 @@ def main() -> None:
                 t = features_table(found[1])
                 if PROBE_TEXT not in t.columns:
                     continue
-                name = f"{root.name}/{run_dir(root, recipe, seed).name}"
+                name = run_dir(root, recipe, seed).name
                 onset = collapse_onset(t["step"].to_numpy(), success_of(t)[0])
                 steps, cost, start = text_cost_series(
                     t["step"].to_numpy(), t[PROBE_TEXT].to_numpy(dtype=float), config
                 )
-                curves.append((name, steps, cost / start if args.measure == "fold" else cost - start, onset))
-                by_root.append((root.name, run_dir(root, recipe, seed).name, steps, cost, start))
-                rows.append(summarize(name, steps, cost, start, onset, config, page, args.measure))
+                curves.append((root.name, name, steps, cost, start, onset))
+                rows.append(
+                    summarize(f"{root.name}/{name}", steps, cost, start, onset, config, page, args.measure)
+                )
                 print(json.dumps(rows[-1]))
     if not rows:
         raise SystemExit("no runs with a reference probe under those roots, recipes and seeds")
     if args.plot:
         plot(curves, Path(args.plot), args.label, page, args.measure)
     if args.by_root:
-        plot_by_root(by_root, Path(args.by_root), args.label, args.recipes[0])
+        plot_by_root(curves, Path(args.by_root), args.label, args.recipes[0])
     print(json.dumps({"benchmark": "drift_plot", "measure": args.measure, "page": page, "runs": rows}))
 
 

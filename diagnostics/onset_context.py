@@ -36,7 +36,8 @@ def max_probe_text_drift(
     inside = cost[(cost_steps >= from_step) & (cost_steps <= to_step)]
     if not len(inside):
         return None
-    return float(inside.max()) / start, float(inside.max()) - start
+    top = float(inside.max())
+    return top / start, top - start
 
 
 def describe_onset(

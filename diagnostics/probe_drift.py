@@ -82,12 +82,6 @@ def text_cost_series(steps, logp, config: MonitorConfig) -> tuple[np.ndarray, np
     return out[:, 0].astype(int), out[:, 1], start
 
 
-def text_fold_series(steps, logp, config: MonitorConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, fold) of the probe's expert-text cost over its start, step by step."""
-    kept_steps, cost, start = text_cost_series(steps, logp, config)
-    return kept_steps, cost / start
-
-
 def text_drift_hit(fold: float, rise: float, fold_threshold: float, rise_threshold: float) -> bool:
     """Whether the expert text's drift reaches a threshold: a fold over its start cost, or a rise
     in nats per token over it (round 18 of docs/detection.md: neither carried across two warm
@@ -190,7 +184,8 @@ class ProbeTextDrift(Detector):
             f"On the reference conversations, the expert's ordinary (non-control) tokens cost {fmt(fold)}x "
             f"the log-loss they had at the start ({fmt(reference)} -> {fmt(cost)} nats per token, +{fmt(rise)}): the policy is "
             f"drifting away from the expert's language as a whole (on the bundled trainer, supervised runs that "
-            f"held stayed under ~3.2x; fast collapses went on to 11-125x, slow ones to 2.5-7x).{alone} "
+            f"held stayed under ~3.4x, how far depending on the warm start; fast collapses went on to 10-125x, slow "
+            f"ones to 2.5-7x).{alone} "
             f"{_FIX}"
         )
         alert = self.emit(f, severity, msg, cost, reference, fold=fold, rise=rise)

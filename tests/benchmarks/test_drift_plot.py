@@ -58,7 +58,7 @@ def test_fold_and_rise_are_the_detectors() -> None:
 def test_by_root_plot_draws_both_measures(tmp_path) -> None:
     steps = np.arange(6, 40)
     runs = [
-        (root, name, steps, start * (1 + rate * (steps - 6)), start)
+        (root, name, steps, start * (1 + rate * (steps - 6)), start, None)
         for root, start in (("r17", 0.1), ("r18", 0.06))
         for name, rate in (("collapse-s1", 0.5), ("off-policy-s1", 0.01))
     ]
