@@ -65,17 +65,17 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def grpo_step(s: GRPOState, step: int) -> dict[str, float]:
-    cfg, fmt, G = s.cfg, s.fmt, s.cfg.group_size
+    cfg, fmt, G, E = s.cfg, s.fmt, s.cfg.group_size, s.cfg.experts_per_group
     metrics: dict[str, float] = {}
 
-    # --- 1. rollout: G episodes per task; sample 0 may be the expert, the last h see a hint -----------
+    # --- 1. rollout: G episodes per task; the first E may be the expert, the last h see a hint ------
     t0 = time.perf_counter()
     num_tasks = cfg.tasks_per_step // s.world_size
     tasks = env.sample_train_tasks(s.task_rng, num_tasks)
     specs = [
         RolloutSpec(task, g, k, hint=k >= G - cfg.hint_rollouts)
         for g, task in enumerate(tasks)
-        for k in range(int(cfg.expert_replacement), G)
+        for k in range(E, G)
     ]
     with s.autocast():
         sampled = generate(
@@ -83,10 +83,9 @@ def grpo_step(s: GRPOState, step: int) -> dict[str, float]:
             max_context=cfg.max_context, temperature=cfg.temperature, generator=s.sample_gen, device=s.device,
         )  # fmt: skip
     rollouts: list[Rollout] = []
-    per_group = G - int(cfg.expert_replacement)
+    per_group = G - E
     for g, task in enumerate(tasks):
-        if cfg.expert_replacement:
-            rollouts.append(expert_rollout(fmt, task, g, 0))
+        rollouts += [expert_rollout(fmt, task, g, k) for k in range(E)]
         rollouts += sampled[g * per_group : (g + 1) * per_group]
     metrics["time/rollout_s"] = time.perf_counter() - t0
 

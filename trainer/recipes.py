@@ -56,7 +56,8 @@ class TrainConfig:
     sft_seed: int = 1
     cache_dir: str = field(default_factory=default_cache_dir)
     # supervisory signals
-    expert_replacement: bool = False  # rollout 0 of each group is the expert trajectory
+    expert_replacement: bool = False  # the first rollouts of each group are the expert trajectory
+    expert_rollouts: int = 1  # ... this many of G (the expert is deterministic: a weight on its row)
     hint_rollouts: int = 0  # h of G rollouts see a hint; the gradient uses the hint-free prompt
     err_sft_every: int = 0  # K: every K steps, SFT on expert turns of recently failed tasks (0: off)
     err_sft_window: int = 10  # "recently" = the last this many steps
@@ -106,11 +107,17 @@ class TrainConfig:
             changes[field_.name] = value
         return self.override(**changes)
 
+    @property
+    def experts_per_group(self) -> int:
+        return self.expert_rollouts if self.expert_replacement else 0
+
     def validate(self) -> None:
         if self.steps < 1 or self.group_size < 2 or self.tasks_per_step < 1:
             raise UserError("steps >= 1, group_size >= 2 and tasks_per_step >= 1 are required")
-        if self.hint_rollouts + int(self.expert_replacement) >= self.group_size:
-            raise UserError("hint_rollouts plus expert replacement must leave policy rollouts in each group")
+        if self.expert_rollouts < 1:
+            raise UserError("expert_rollouts >= 1 is required (expert_replacement=false turns experts off)")
+        if self.hint_rollouts + self.experts_per_group >= self.group_size:
+            raise UserError("hint_rollouts plus expert rollouts must leave policy rollouts in each group")
         if self.eval_tasks < 0 or self.err_sft_batch < 1:
             raise UserError("eval_tasks >= 0 and err_sft_batch >= 1 are required")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -177,8 +177,9 @@ def test_each_rank_probes_only_its_share_of_the_conversations(tok, tiny_cfg):
     assert metrics["probe/logp_text"] != pytest.approx(s.probe.measure(s.policy)["probe/logp_text"], rel=1e-6)
 
 
-def test_expert_replacement_puts_one_expert_per_group(tok, tiny_cfg):
-    s = _state(tiny_cfg.override(expert_replacement=True, hint_rollouts=1), tok)
+@pytest.mark.parametrize("experts", [1, 2])
+def test_expert_replacement_puts_the_expert_first_in_every_group(tok, tiny_cfg, experts):
+    s = _state(tiny_cfg.override(expert_replacement=True, expert_rollouts=experts, hint_rollouts=1), tok)
     seen = {}
 
     class Capture:
@@ -198,8 +199,16 @@ def test_expert_replacement_puts_one_expert_per_group(tok, tiny_cfg):
     grpo_step(s, 1)
     ros = seen["rollouts"]
     g = tiny_cfg.group_size
-    assert [r.source for r in ros[:g]] == ["expert"] + ["policy"] * (g - 2) + ["hint"]
-    assert all(ros[i * g].success for i in range(tiny_cfg.tasks_per_step)) and seen["logits"]
+    assert [r.source for r in ros[:g]] == ["expert"] * experts + ["policy"] * (g - 1 - experts) + ["hint"]
+    assert all(ros[i * g + k].success for i in range(tiny_cfg.tasks_per_step) for k in range(experts))
+    assert seen["logits"] and len(ros) == g * tiny_cfg.tasks_per_step
+
+
+def test_expert_rollouts_must_leave_policy_rollouts(tiny_cfg):
+    with pytest.raises(UserError, match="leave policy rollouts"):
+        tiny_cfg.override(expert_replacement=True, expert_rollouts=tiny_cfg.group_size).validate()
+    with pytest.raises(UserError, match="expert_rollouts >= 1"):
+        tiny_cfg.override(expert_rollouts=0).validate()
 
 
 def test_train_writes_a_run_and_model_path_reloads_its_checkpoint(tmp_path, tiny_cfg):
