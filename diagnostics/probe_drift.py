@@ -184,7 +184,7 @@ class ProbeTextDrift(Detector):
             f"On the reference conversations, the expert's ordinary (non-control) tokens cost {fmt(fold)}x "
             f"the log-loss they had at the start ({fmt(reference)} -> {fmt(cost)} nats per token, +{fmt(rise)}): the policy is "
             f"drifting away from the expert's language as a whole (on the bundled trainer, supervised runs that "
-            f"held stayed under ~3.4x, how far depending on the warm start; fast collapses went on to 10-125x, slow "
+            f"held stayed under ~3.5x, how far depending on the warm start; fast collapses went on to 10-125x, slow "
             f"ones to 2.5-7x).{alone} "
             f"{_FIX}"
         )
