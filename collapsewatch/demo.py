@@ -35,13 +35,11 @@ class DemoPlan:
 
 
 # The reproduction's recipes and warm start (docs/reproduction.md); 40 steps show the hold and the
-# break. With the versions in constraints.txt (2026-12-02; SFT-seed-1 warm start, 0.58) seed 1's
-# `collapse` crosses its success onset at 28 and is paged at step 20 by round 7's rule, the default
-# (round 15's drift rule paged it at 22); `interleaved` holds, and round 7's rule paged it at 40, its
-# last step, during a format excursion (a false page). The warm start's weights depend on the
-# machine: from the 0.125 one of another CPU (2026-12-03) `collapse` crossed its onset at 21 and was
-# paged at 17, `interleaved` held unpaged (540 s). 25 minutes next to a training run and the tests;
-# 9-12 alone with the warm start cached.
+# break. From the bundled warm start (SFT seed 1, batch 32, 0.55; 2026-12-03) seed 1's `collapse`
+# crosses its success onset at 29 and is paged at 21 by round 7's rule, the default; `interleaved`
+# holds and is paged at 38 during a one-step format excursion (a false page); 352 s with the warm
+# start cached. From the batch-16 warm starts (0.58 on 2026-12-02, 0.125 on another CPU) the story
+# was the same (pages 8 and 4 steps before the onset). The warm start's weights depend on the machine.
 FULL = DemoPlan(steps=40, seed=1, sets=("eval_tasks=16", "checkpoint_every=0"))
 # A 200-step warm start, groups of 4, one minibatch per step (so the update shares each group's
 # prompt), the LR reaching 1e-3 at step 20, interleaved SFT on 2 x 16 expert trajectories, no
