@@ -46,10 +46,11 @@ def summarize(
     measure: str = "fold",
 ) -> dict:
     after = steps >= config.warmup
-    s, fold, rise = steps[after], drift(cost[after], start, "fold"), drift(cost[after], start, "rise")
+    s, kept = steps[after], cost[after]
     if not len(s):
         return {"run": name, "onset": onset, "start_cost": None, "max_fold": None, "max_rise": None}
-    over = s[(fold if measure == "fold" else rise) >= page]
+    fold, rise = drift(kept, start, "fold"), drift(kept, start, "rise")
+    over = s[drift(kept, start, measure) >= page]
     early, late = fold[s <= 80], fold[s > 80]
     return {
         "run": name,
