@@ -1,12 +1,14 @@
 """Summarise reproduction runs: collapse onset, pre-onset hold, final OOD success, and plots.
 
-`python -m collapsewatch.trainer.report ROOT [--plots DIR]` prints a Markdown table (one row per
-run under ROOT) and writes PNG plots with matplotlib (the `dev` extra).
+`python -m collapsewatch.trainer.report ROOT [--plots DIR] [--json]` prints a Markdown table (one
+row per run under ROOT), or with `--json` one object per run with every figure of the row, and
+writes PNG plots with matplotlib (the `dev` extra).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 
@@ -23,6 +25,15 @@ PLOT_TOKENS = [
     ("</tool_call>", "turn_start", "p99"),
     ("<|im_end|>", "after_open_tag", "p99"),
 ]
+
+
+def broken_share(steps: pd.DataFrame, after: int) -> float:
+    """Mean share of turns in text pollution or full collapse over the steps after `after` (the LR
+    warm-up): how well a recipe holds the format once the learning rate is full. NaN without them."""
+    later = steps[steps["step"] > after]
+    if "states/text_pollution" not in later or not len(later):
+        return math.nan
+    return float((later["states/text_pollution"] + later["states/full_collapse"]).mean())
 
 
 def summarise(run: cw.Run) -> dict:
@@ -52,6 +63,7 @@ def summarise(run: cw.Run) -> dict:
     for state in ("healthy_tool_call", "healthy_response", "text_pollution", "full_collapse"):
         col = f"states/{state}"
         row[f"last5_{state}"] = float(tail[col].mean()) if col in tail else math.nan
+    row["broken_after_warmup"] = broken_share(steps, int(run.meta.get("config", {}).get("warmup_steps", 0)))
     return row
 
 
@@ -141,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("root")
     parser.add_argument("--plots", default=None, help="folder for the PNG plots")
+    parser.add_argument("--json", action="store_true", help="one JSON object per run instead of the table")
     args = parser.parse_args(argv)
     runs = [cw.open_run(s.path) for s in cw.list_runs(args.root)]
     runs = [
@@ -149,7 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         if r.meta.get("config", {}).get("trainer") == "collapsewatch.trainer" and r.status == "finished"
     ]
     rows = sorted((summarise(r) for r in runs), key=lambda r: (r["recipe"], r["seed"]))
-    print(table(rows))
+    if args.json:
+        for r in rows:  # NaN (no evaluation, no states) is null, so the lines are strict JSON
+            print(
+                json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()})
+            )
+    else:
+        print(table(rows))
     if args.plots:
         for p in plots(runs, Path(args.plots)):
             print(f"wrote {p}")

@@ -81,3 +81,38 @@ def test_feature_archive_of_a_real_trainer_run(real_run, tmp_path):
     assert again.root_cause == original.root_cause and again.run == "collapse-s0"
     assert [f.scalars[PROBE_TEXT] for f in loaded] == [f.scalars[PROBE_TEXT] for f in features]
     assert [f.derived for f in loaded] == [f.derived for f in features]
+
+
+def test_trainer_report_broken_share_counts_only_the_steps_after_the_warm_up() -> None:
+    import pandas as pd
+
+    from collapsewatch.trainer.report import broken_share
+
+    steps = pd.DataFrame(
+        {
+            "step": [1, 2, 3, 4],
+            "states/text_pollution": [0.9, 0.9, 0.1, 0.3],
+            "states/full_collapse": [0, 0, 0.1, 0.1],
+        }
+    )
+    assert broken_share(steps, after=2) == pytest.approx(0.3)  # steps 3-4: 0.2 and 0.4
+    assert np.isnan(broken_share(steps, after=4))
+    assert np.isnan(broken_share(steps[["step"]], after=0))
+
+
+@pytest.mark.slow
+def test_trainer_report_json_has_the_table_figures_of_a_real_run(real_run, capsys) -> None:
+    import json
+
+    import collapsewatch as cw
+    from collapsewatch.trainer import report
+
+    assert report.main([str(real_run.parent), "--json"]) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    steps = cw.open_run(real_run).steps()
+    assert row["run"] == "collapse-s0" and row["steps"] == 4
+    assert row["last10"] == pytest.approx(steps["success/rate"].mean())
+    # the fixture's 4 steps all lie in the 30-step LR warm-up: no share after it, written as null
+    assert row["broken_after_warmup"] is None
+    assert report.main([str(real_run.parent)]) == 0
+    assert "| collapse-s0 |" in capsys.readouterr().out
