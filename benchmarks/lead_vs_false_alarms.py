@@ -56,6 +56,8 @@ OUR_SETTINGS = {
     "D": SETTING_D,
     "any 2 families": {**ROUND7, "verdict_requires": ()},
     "C, structure on 3 of 3": {**ROUND7, "structure_persist_k": 3, "structure_persist_n": 3},
+    # round 22's candidate: C waiting for the learning signal to thin (at most 60% of groups mixed)
+    "C + learning-signal gate": {**ROUND7, "signal_mixed_max": 0.6, "verdict_requires_if_seen": ("signal",)},
 }  # fmt: skip
 # Alternatives that differ only on runs with a reference probe; score them on such runs with
 # `--probe-settings`. Round 7's: the probe paging alone. Round 8's rule (D plus the expert-text gate)

@@ -88,6 +88,10 @@ class MonitorConfig:
     entropy_floor: float = 0.02  # nats
     entropy_drop: float = 0.25  # share of the warm-up median
     zero_adv_min: float = 0.5  # share of groups with zero reward variance
+    # learning signal (family "signal", a gate for the verdict): the mean share of groups with a reward
+    # spread over signal_window steps at most this; 0, the default, turns it off (docs/detection.md, item 22)
+    signal_mixed_max: float = 0.0
+    signal_window: int = 3
     # optimisation
     clip_min: float = 0.05
     spike_min_fold: float = 2.0

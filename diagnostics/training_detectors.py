@@ -120,6 +120,45 @@ class ZeroAdvantageGroups(Detector):
         return [a] if a else []
 
 
+class LearningSignalThin(Detector):
+    """Few GRPO groups still have a reward spread: the policy's own rollouts no longer tell it which
+    format pays, so a format excursion is not being repaired by the RL loss.
+
+    An absolute level (the mean share of mixed groups over the last `signal_window` steps at most
+    `signal_mixed_max`), not a rise, and only info: a thin signal is normal for a weak policy on
+    hard tasks (every bundled run without an expert row starts below 0.6). It exists to gate the verdict (`verdict_requires_if_seen=
+    ("signal",)`). In the bundled trainer's collapses 5-45% of groups were mixed when round 7's rule
+    paged; in `off-policy` runs, whose expert row succeeds in every group, 78-100% (docs/detection.md,
+    item 22). Off (0) by default; a run without group ids has no data for it.
+    """
+
+    name = "learning_signal"
+    family = "signal"
+
+    def __init__(self, config: MonitorConfig):
+        super().__init__(config)
+        self.recent: list[float] = []
+
+    def update(self, f: StepFeatures) -> list[Alert]:
+        c = self.config
+        zero = f.get("groups/zero_adv_frac")
+        if c.signal_mixed_max <= 0 or not math.isfinite(zero):
+            return []
+        self.seen += 1
+        self.recent = (self.recent + [1.0 - zero])[-c.signal_window :]
+        mixed = float(np.mean(self.recent))
+        if not self.warmed_up or mixed > c.signal_mixed_max:
+            return []
+        msg = (
+            f"Only {mixed:.0%} of groups have a reward spread (mean of {len(self.recent)} steps): GRPO gets "
+            "little gradient from them, so nothing in the RL loss pulls a broken format "
+            "back. Likely fix: add expert rollouts or hints to the groups, lower the learning rate."
+        )
+        self.active[self.name] = f.step  # the verdict's gate holds; the alert itself is only info
+        a = self.emit(f, "info", msg, mixed, c.signal_mixed_max, all_wrong=f.get("groups/zero_adv_all_wrong"))
+        return [a] if a else []
+
+
 class _ScalarSpike(Detector):
     """Robust z above the threshold on 2 of 3 steps, on a transformed scale, plus a fold/absolute gate."""
 

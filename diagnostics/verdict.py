@@ -5,7 +5,8 @@ tokens, reference probe, expert-text drift, structure, outcome, behaviour, explo
 optimisation, length) whose warning conditions held within the last `verdict_window` steps, among
 them every family in `verdict_requires` and, when the run has data for it, in
 `verdict_requires_if_seen` (empty by default: round 7's rule; `("drift",)`, the expert-text drift
-family, was round 15's default, and a run without a reference probe is judged without it).
+family, was round 15's default, and a run without a reference probe is judged without it;
+`("signal",)` waits for the learning signal to thin, a gate that never counts as a family).
 A family counts while its condition holds, not only on the step it alerted: a detector alerts once per episode, and a
 success slide that alerted 8 steps ago and is still under way is still evidence. Non-finite values
 page on their own, and so, when `probe_text_page_fold` (or `_delta`) is set, does the expert-text drift on the
@@ -32,7 +33,11 @@ _FAMILY_LABEL = {
     "exploration": "entropy / learning signal",
     "optimization": "optimizer statistics",
     "length": "rollout length",
+    "signal": "learning signal",
 }
+# Families that can only gate a page (be required), never count towards `verdict_min_families`: the
+# learning signal thins in supervised runs that hold as well (docs/detection.md, item 22).
+_GATE_ONLY = {"signal"}
 
 
 class CombinedVerdict:
@@ -68,10 +73,11 @@ class CombinedVerdict:
             if family in _FAMILY_LABEL:
                 self.active[name] = (family, step)
         recent = {name: fs for name, fs in self.active.items() if step - fs[1] < c.verdict_window}
-        agreeing = sorted({family for family, _ in recent.values()})
+        holding = {family for family, _ in recent.values()}
+        agreeing = sorted(holding - _GATE_ONLY)
         self.confidence = min(1.0, len(agreeing) / 3.0)
         required = set(c.verdict_requires) | (set(c.verdict_requires_if_seen) & self.families_seen)
-        if len(agreeing) < c.verdict_min_families or not required <= set(agreeing):
+        if len(agreeing) < c.verdict_min_families or not required <= holding:
             return []
         if self.last_page is not None and step - self.last_page < c.verdict_cooldown:
             return []
@@ -80,6 +86,8 @@ class CombinedVerdict:
             {"step": s, "detector": name, "family": family} for name, (family, s) in sorted(recent.items())
         ]
         labels = ", ".join(_FAMILY_LABEL[f] for f in agreeing)
+        if holding & _GATE_ONLY:
+            labels += "; gate: " + ", ".join(_FAMILY_LABEL[f] for f in sorted(holding & _GATE_ONLY))
         lead = self.last_control
         hint = ""
         if lead is not None:

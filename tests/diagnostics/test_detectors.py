@@ -25,6 +25,7 @@ from collapsewatch.diagnostics.training_detectors import (
     ClipSaturation,
     EntropyCollapse,
     LazyLikelihood,
+    LearningSignalThin,
     NonFinite,
     OptimizerSpikes,
     SamplerMismatch,
@@ -336,6 +337,30 @@ def test_zero_advantage_all_correct_is_only_info():
     assert "all-correct" in alerts[0].message
 
 
+def _signal_run(det, thin_from, steps=60, seed=4):
+    """Groups of 4 that all have a reward spread, until `thin_from`, after which every group fails."""
+    rng = np.random.default_rng(seed)
+    alerts = []
+    for step in range(steps):
+        alerts += det.update(step_features(step, {}, zero_adv_step(rng, step >= thin_from)[1]))
+    return alerts
+
+
+def test_learning_signal_is_off_by_default_and_holds_only_when_the_groups_thin():
+    off = LearningSignalThin(CONFIG)
+    assert _signal_run(off, thin_from=40) == [] and off.seen == 0  # no data: the gate cannot block
+
+    on = LearningSignalThin(dataclasses.replace(CONFIG, signal_mixed_max=0.6))
+    alerts = _signal_run(on, thin_from=40)
+    # the mean over 3 steps first reaches 1/3 mixed at step 41; one info alert for the episode
+    assert [a.step for a in alerts] == [41] and alerts[0].severity == "info"
+    assert alerts[0].detector == "learning_signal" and alerts[0].family == "signal"
+    assert on.active["learning_signal"] == 59  # the gate keeps holding after the alert
+
+    early = LearningSignalThin(dataclasses.replace(CONFIG, signal_mixed_max=0.6))
+    assert [a.step for a in _signal_run(early, thin_from=0)] == [CONFIG.warmup]  # quiet in the warm-up
+
+
 def _broken_share_run(shares, seed=0, config=CONFIG):
     """StructuralShift over steps whose broken-turn share is drawn around `shares[step]`."""
     rng = np.random.default_rng(seed)
@@ -424,6 +449,40 @@ def test_verdict_requires_text_drift_only_in_runs_with_a_probe():
     assert MonitorConfig().verdict_requires_if_seen == ()  # round 7's rule, the default again since round 16
     ungated = CombinedVerdict(MonitorConfig())
     assert ungated.update(30, [warn(30, "control"), warn(30, "structure")], with_probe)
+
+
+def test_verdict_signal_gate_blocks_until_the_groups_thin_and_never_counts_as_a_family():
+    """The learning-signal gate (item 22 of docs/detection.md): with groups still mixed, structure and
+    control tokens do not page; once the signal holds thin they do, and the gate is not one of the
+    agreeing families (structure plus the gate alone is one family, not two)."""
+    from collapsewatch.diagnostics.alerts import Alert
+    from collapsewatch.diagnostics.verdict import CombinedVerdict
+
+    def warn(step, family, severity="warning"):
+        return Alert(step=step, detector=family, severity=severity, message="m", family=family)
+
+    gated = MonitorConfig(signal_mixed_max=0.6, verdict_requires_if_seen=("signal",))
+    seen = {"control", "structure", "signal"}
+    mixed = CombinedVerdict(gated)
+    assert mixed.update(30, [warn(30, "control"), warn(30, "structure")], seen) == []
+    verdict = CombinedVerdict(gated)
+    assert (
+        verdict.update(
+            30, [warn(30, "structure")], seen, active={"structure": "structure", "signal": "signal"}
+        )
+        == []
+    )
+    page = verdict.update(
+        31,
+        [warn(31, "control")],
+        seen,
+        active={"control": "control", "structure": "structure", "signal": "signal"},
+    )
+    assert page and page[0].evidence["families"] == ["control", "structure"]
+    assert "gate: learning signal" in page[0].message
+
+    no_groups = CombinedVerdict(gated)  # a run without group ids is judged without the gate
+    assert no_groups.update(30, [warn(30, "control"), warn(30, "structure")], {"control", "structure"})
 
 
 def test_verdict_counts_a_family_while_its_condition_holds():
