@@ -58,6 +58,11 @@ OUR_SETTINGS = {
     "C, structure on 3 of 3": {**ROUND7, "structure_persist_k": 3, "structure_persist_n": 3},
     # round 22's candidate: C waiting for the learning signal to thin (at most 60% of groups mixed)
     "C + learning-signal gate": {**ROUND7, "signal_mixed_max": 0.6, "verdict_requires_if_seen": ("signal",)},
+    # round 22's second and third: the structure family watching every turn that is not a healthy tool call
+    "C on lost tool calls": {**ROUND7, "structure_measure": "not_tool_call"},
+    "C on lost tool calls + learning-signal gate": {
+        **ROUND7, "structure_measure": "not_tool_call", "signal_mixed_max": 0.6, "verdict_requires_if_seen": ("signal",),
+    },
 }  # fmt: skip
 # Alternatives that differ only on runs with a reference probe; score them on such runs with
 # `--probe-settings`. Round 7's: the probe paging alone. Round 8's rule (D plus the expert-text gate)

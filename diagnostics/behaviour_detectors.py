@@ -31,6 +31,9 @@ class StructuralShift(Detector):
     A one-sided CUSUM on robust z-scores (logit scale) against the warm-up's median and MAD, which stay
     fixed afterwards: on the bundled trainer the format degrades over 10-20 steps, and an adaptive
     baseline widens with such a ramp until no single step stands out (docs/detection.md).
+    With `structure_measure="not_tool_call"` the share watched is that of turns that are not healthy
+    tool calls: broken turns plus plain answers, so a policy that stops calling the tool shifts it
+    too (round 22's second candidate, docs/detection.md item 22).
     """
 
     name = "structural_shift"
@@ -44,11 +47,12 @@ class StructuralShift(Detector):
         self.persist = KofN(config.structure_persist_k, config.structure_persist_n)
 
     def update(self, f: StepFeatures) -> list[Alert]:
-        broken = f.get("state/broken_turns")
+        c = self.config
+        lost_calls = c.structure_measure == "not_tool_call"
+        broken = 1.0 - f.get("state/healthy_tool_call") if lost_calls else f.get("state/broken_turns")
         if math.isnan(broken):
             return []
         self.seen += 1
-        c = self.config
         ready = self.base.ready
         z, base_rate = update_rate(self.base, broken)
         if not ready:
@@ -58,12 +62,20 @@ class StructuralShift(Detector):
         if not self.persist.update(shifted):
             return []
         pollution, collapse = f.get("state/text_pollution"), f.get("state/full_collapse")
+        answers = f.get("state/healthy_response")
         kind = "full collapse (empty turns, bare tags)" if collapse >= pollution else "text pollution"
         states = f.rollout_states or []
         broken_mask = np.array([s is not None and not s.healthy for s in states], dtype=bool)
+        if lost_calls:
+            what = (
+                f"are not healthy tool calls (warm-up level {base_rate:.0%}; now {pollution:.0%} text pollution, "
+                f"{collapse:.0%} full collapse, {answers:.0%} plain answers)"
+            )
+        else:
+            what = f"are broken (warm-up level {base_rate:.0%}), mostly {kind},"
         msg = (
-            f"{broken:.0%} of assistant turns are broken (warm-up level {base_rate:.0%}), mostly {kind}, and "
-            f"the rise has lasted (CUSUM {self.cusum:.1f}): the tool-call format is breaking. {_SUPERVISE}"
+            f"{broken:.0%} of assistant turns {what} and the rise has lasted (CUSUM {self.cusum:.1f}): "
+            f"the tool-call format is breaking. {_SUPERVISE}"
         )
         a = self.emit(
             f,
@@ -73,6 +85,8 @@ class StructuralShift(Detector):
             base_rate,
             text_pollution=pollution,
             full_collapse=collapse,
+            healthy_response=answers,
+            measure=c.structure_measure,
             cusum=self.cusum,
             rollouts=f.uids(mask=broken_mask) if len(broken_mask) else [],
         )

@@ -67,6 +67,9 @@ class MonitorConfig:
     # structural states: one-sided CUSUM of the broken-turn share (logit scale) against the warm-up's
     # median and MAD, so a slow, sustained rise adds up instead of widening its own yardstick
     structure_min_rise: float = 0.15  # absolute rise of the broken-turn share over its warm-up level
+    # the share watched: "broken" (text pollution + full collapse) or "not_tool_call" (every turn that
+    # is not a healthy tool call, plain answers included; round 22's second candidate)
+    structure_measure: str = "broken"
     structure_cusum_k: float = 1.0  # robust z a step must exceed to add to the sum (slack)
     structure_cusum_h: float = 8.0  # sum that counts as a shift
     # ... on at least k of the last n steps (1 of 1: the step it holds). A repaired excursion is often

@@ -361,6 +361,29 @@ def test_learning_signal_is_off_by_default_and_holds_only_when_the_groups_thin()
     assert [a.step for a in _signal_run(early, thin_from=0)] == [CONFIG.warmup]  # quiet in the warm-up
 
 
+def _answers_run(config, steps=60, from_step=40, seed=5):
+    """Healthy runs (one call, then an answer) until `from_step`; after it, half the rollouts answer
+    at once without calling the tool: nothing broken, but fewer healthy tool calls."""
+    rng = np.random.default_rng(seed)
+    det, alerts = StructuralShift(config), []
+    for step in range(steps):
+        skip = rng.random(N) < (0.5 if step >= from_step else 0.02)
+        turns = [["alice has 40."] if s else [CALL, "alice has 40."] for s in skip]
+        alerts += det.update(step_features(step, {}, seqs_frame(rng, turn_texts=turns)))
+    return alerts
+
+
+def test_structure_on_lost_tool_calls_sees_a_policy_that_stops_calling_the_tool():
+    """Round 21's collapses ended in plain answers: the broken-turn share never moves on such a run,
+    the share of turns that are not healthy tool calls does (structure_measure="not_tool_call")."""
+    assert _answers_run(CONFIG) == []
+    lost = dataclasses.replace(CONFIG, structure_measure="not_tool_call")
+    alerts = _answers_run(lost)
+    assert alerts and 40 <= alerts[0].step <= 50  # the CUSUM adds up over a few steps
+    assert "not healthy tool calls" in alerts[0].message and "plain answers" in alerts[0].message
+    assert alerts[0].evidence["measure"] == "not_tool_call"
+
+
 def _broken_share_run(shares, seed=0, config=CONFIG):
     """StructuralShift over steps whose broken-turn share is drawn around `shares[step]`."""
     rng = np.random.default_rng(seed)
