@@ -354,15 +354,6 @@ def _probe_summary(per_run: list[dict]) -> dict | None:
     }
 
 
-def _parse_setting(pair: str) -> tuple[str, object]:
-    """`KEY=VALUE` for a MonitorConfig field, parsed by the field's type (tuples: comma-separated)."""
-    key, _, raw = pair.partition("=")
-    default = getattr(MonitorConfig, key)
-    if isinstance(default, tuple):
-        return key, tuple(x for x in raw.split(",") if x)
-    return key, type(default)(raw)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", default="/work/runs/repro")
@@ -390,7 +381,7 @@ def main() -> None:
         help="other MonitorConfig overrides, e.g. --set ctrl_page_series=2 --set verdict_requires= (tuples comma-separated)",
     )
     args = ap.parse_args()
-    overrides = dict(_parse_setting(kv) for kv in args.set)
+    overrides = dict(MonitorConfig.parse_setting(kv) for kv in args.set)
     monitor_config = {"warmup": args.warmup, **overrides}
     max_classified = MonitorConfig.from_any(monitor_config).max_classified
     root = Path(args.root)

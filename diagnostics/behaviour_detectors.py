@@ -33,7 +33,7 @@ class StructuralShift(Detector):
     baseline widens with such a ramp until no single step stands out (docs/detection.md).
     With `structure_measure="not_tool_call"` the share watched is that of turns that are not healthy
     tool calls: broken turns plus plain answers, so a policy that stops calling the tool shifts it
-    too (round 22's second candidate, docs/detection.md item 22).
+    too (round 22's rule N: quieter but later, not adopted; docs/detection.md).
     """
 
     name = "structural_shift"

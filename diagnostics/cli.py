@@ -1,4 +1,4 @@
-"""`collapsewatch scan RUN [--json]` and `collapsewatch report RUN -o FILE.html`."""
+"""`collapsewatch scan RUN [--json] [--set KEY=VALUE ...]` and `collapsewatch report RUN -o FILE.html`."""
 
 from __future__ import annotations
 
@@ -9,11 +9,23 @@ from pathlib import Path
 from collapsewatch.errors import UserError
 
 
-def _scan_or_user_error(path: str):
+def _settings(pairs: list[str] | None) -> dict:
+    """The `--set KEY=VALUE` detector settings (docs/detectors.md), or a one-line UserError."""
+    from collapsewatch.diagnostics.detector_base import MonitorConfig
+
+    try:
+        settings = dict(MonitorConfig.parse_setting(p) for p in pairs or [])
+        MonitorConfig.from_any(settings)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return settings
+
+
+def _scan_or_user_error(path: str, settings: dict | None = None):
     from collapsewatch.diagnostics.scan import scan
 
     try:
-        return scan(path, progress=True)
+        return scan(path, config=settings or None, progress=True)
     except UserError:
         raise
     except (OSError, ValueError) as exc:
@@ -26,7 +38,7 @@ def _scan_or_user_error(path: str):
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
-    findings = _scan_or_user_error(args.run)
+    findings = _scan_or_user_error(args.run, _settings(args.set))
     if args.json:
         print(json.dumps(findings.to_dict(), indent=2, sort_keys=False))
         return 0
@@ -71,7 +83,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise UserError(f"output {out} is a directory; give a file name such as report.html")
     if not out.parent.exists():
         raise UserError(f"output folder {out.parent} does not exist")
-    findings = _scan_or_user_error(args.run)
+    findings = _scan_or_user_error(args.run, _settings(args.set))
     try:
         report(args.run, out, findings=findings)
     except UserError:
@@ -90,6 +102,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    _add_set(p)
     p.set_defaults(handler=_cmd_scan)
     p = subparsers.add_parser(
         "report",
@@ -98,4 +111,16 @@ def register(subparsers) -> None:
     )
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("-o", "--output", required=True, metavar="FILE.html", help="where to write the report")
+    _add_set(p)
     p.set_defaults(handler=_cmd_report)
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a detector setting (docs/detectors.md), repeatable; e.g. with an expert row in every group: "
+        "--set signal_mixed_max=0.6 --set verdict_requires_if_seen=signal",
+    )

@@ -10,6 +10,8 @@ from typing import Any
 from collapsewatch.diagnostics.alerts import SEVERITY_RANK, Alert
 from collapsewatch.diagnostics.features import StepFeatures
 
+STRUCTURE_MEASURES = ("broken", "not_tool_call")  # the shares StructuralShift can watch
+
 
 @dataclass(frozen=True)
 class MonitorConfig:
@@ -68,7 +70,7 @@ class MonitorConfig:
     # median and MAD, so a slow, sustained rise adds up instead of widening its own yardstick
     structure_min_rise: float = 0.15  # absolute rise of the broken-turn share over its warm-up level
     # the share watched: "broken" (text pollution + full collapse) or "not_tool_call" (every turn that
-    # is not a healthy tool call, plain answers included; round 22's second candidate)
+    # is not a healthy tool call, plain answers included; round 22's rule N, not adopted)
     structure_measure: str = "broken"
     structure_cusum_k: float = 1.0  # robust z a step must exceed to add to the sum (slack)
     structure_cusum_h: float = 8.0  # sum that counts as a shift
@@ -92,7 +94,8 @@ class MonitorConfig:
     entropy_drop: float = 0.25  # share of the warm-up median
     zero_adv_min: float = 0.5  # share of groups with zero reward variance
     # learning signal (family "signal", a gate for the verdict): the mean share of groups with a reward
-    # spread over signal_window steps at most this; 0, the default, turns it off (docs/detection.md, item 22)
+    # spread over signal_window steps at most this; 0, the default, turns it off. 0.6 with
+    # verdict_requires_if_seen=("signal",) for expert-row supervision (docs/detection.md, round 22)
     signal_mixed_max: float = 0.0
     signal_window: int = 3
     # optimisation
@@ -114,6 +117,27 @@ class MonitorConfig:
     # ... and these too, when the run has data for them (a run without a reference probe has no drift).
     # () is round 7's rule, the default; ("drift",) with probe_text_page_fold=2.5 was round 15's
     verdict_requires_if_seen: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.structure_measure not in STRUCTURE_MEASURES:
+            raise ValueError(
+                f"structure_measure must be one of {', '.join(STRUCTURE_MEASURES)}, not {self.structure_measure!r}"
+            )
+
+    @classmethod
+    def parse_setting(cls, pair: str) -> tuple[str, Any]:
+        """`KEY=VALUE` for one field, parsed by the field's type (tuples comma-separated, `KEY=` an
+        empty tuple), as the CLI's `--set` takes it. ValueError says what is wrong."""
+        key, sep, raw = pair.partition("=")
+        if not sep or key not in {f.name for f in fields(cls)}:
+            raise ValueError(f"detector setting {pair!r}: expected KEY=VALUE, KEY a MonitorConfig field")
+        default = getattr(cls(), key)
+        if isinstance(default, tuple):
+            return key, tuple(x for x in raw.split(",") if x)
+        try:
+            return key, type(default)(raw)
+        except ValueError:
+            raise ValueError(f"detector setting {key}: {raw!r} is not a {type(default).__name__}") from None
 
     @classmethod
     def from_any(cls, config: MonitorConfig | Mapping[str, Any] | None) -> MonitorConfig:

@@ -128,8 +128,10 @@ class LearningSignalThin(Detector):
     `signal_mixed_max`), not a rise, and only info: a thin signal is normal for a weak policy on
     hard tasks (every bundled run without an expert row starts below 0.6). It exists to gate the verdict (`verdict_requires_if_seen=
     ("signal",)`). In the bundled trainer's collapses 5-45% of groups were mixed when round 7's rule
-    paged; in `off-policy` runs, whose expert row succeeds in every group, 78-100% (docs/detection.md,
-    item 22). Off (0) by default; a run without group ids has no data for it.
+    paged; in `off-policy` runs, whose expert row succeeds in every group, 78-100%. Held out in round
+    22 of docs/detection.md (0.6 with the gate: no `off-policy` page, every collapse paged at round 7's
+    rule's step), so recommended for expert-row supervision. Off (0) by default; a run without group
+    ids has no data for it.
     """
 
     name = "learning_signal"

@@ -17,16 +17,31 @@ SEVERITY_LEVEL = {name: level for level, name in enumerate(schema.SEVERITIES)}  
 STOP_LEVELS = {name: level for name, level in SEVERITY_LEVEL.items() if level > 0}  # what stop_on accepts
 
 
+def check_detector_settings(settings: Mapping[str, Any] | None) -> None:
+    """Raise ValueError for a detector setting the diagnostics do not know (no-op without them)."""
+    if not settings:
+        return
+    try:
+        from collapsewatch.diagnostics.detector_base import MonitorConfig
+    except Exception:
+        return
+    MonitorConfig.from_any(settings)
+
+
 def make_monitor(
-    control_texts: list[str], sinks: Sequence[Any] | None, on_failure: Callable[[str, BaseException], None]
+    control_texts: list[str],
+    sinks: Sequence[Any] | None,
+    on_failure: Callable[[str, BaseException], None],
+    settings: Mapping[str, Any] | None = None,
 ) -> Any:
-    """A LiveMonitor for these control tokens, or None when diagnostics is unavailable."""
+    """A LiveMonitor for these control tokens and detector settings, or None when diagnostics is
+    unavailable."""
     try:
         from collapsewatch.diagnostics.live import LiveMonitor
     except Exception:
         return None
     try:
-        return LiveMonitor(control_tokens=control_texts, sinks=list(sinks or []))
+        return LiveMonitor(control_tokens=control_texts, sinks=list(sinks or []), config=settings)
     except Exception as exc:
         on_failure("live_monitor", exc)
         return None

@@ -28,7 +28,13 @@ from collapsewatch.hooks.capture import (
 )
 from collapsewatch.hooks.control_stats import ControlStepStats
 from collapsewatch.hooks.control_tokens import ControlTokenSet, resolve_control_tokens
-from collapsewatch.hooks.live_alerts import STOP_LEVELS, alert_row, make_monitor, trips_stop
+from collapsewatch.hooks.live_alerts import (
+    STOP_LEVELS,
+    alert_row,
+    check_detector_settings,
+    make_monitor,
+    trips_stop,
+)
 from collapsewatch.hooks.positions import position_types
 from collapsewatch.hooks.rollout_rows import rollout_columns, rollout_count, sequence_rows, to_numpy
 from collapsewatch.hooks.token_rows import TopFn, token_columns
@@ -75,6 +81,7 @@ class Recorder:
 
     Live detectors run once per step on a background thread (`live_async`), overlapping the next
     step's compute; an alert that trips `stop_on` then stops training one step later.
+    `detectors` are their settings (MonitorConfig fields, docs/detectors.md), checked here.
     capture="control" keeps token rows at control-token positions, where a control token's
     probability exceeds `unexpected_threshold` without being sampled, and for the first
     `sample_rollouts` rollouts of each step; capture="all" keeps every completion token.
@@ -92,6 +99,7 @@ class Recorder:
         world_size: int | None = None,
         config: Mapping[str, Any] | None = None,
         live_detectors: bool = True,
+        detectors: Mapping[str, Any] | None = None,
         live_async: bool = True,
         stop_on: str | None = None,
         sinks: Sequence[Any] | None = None,
@@ -105,6 +113,7 @@ class Recorder:
             raise ValueError(f"capture must be one of {CAPTURE_MODES}, not {capture!r}")
         if stop_on is not None and stop_on not in STOP_LEVELS:
             raise ValueError(f"stop_on must be None, 'warning' or 'critical', not {stop_on!r}")
+        check_detector_settings(detectors)  # a bad setting fails here, before training, not silently
         self.capture = capture
         self.stop_on = stop_on
         self.tokenizer = tokenizer
@@ -145,7 +154,7 @@ class Recorder:
             self.writer = None
             self._warn_once("write_error", f"collapsewatch: cannot create the run ({exc}); capture is off")
         self.monitor = (
-            make_monitor(self.controls.texts, sinks, self.record_failure)
+            make_monitor(self.controls.texts, sinks, self.record_failure, detectors)
             if live_detectors and self.writer is not None
             else None
         )

@@ -382,6 +382,8 @@ def test_structure_on_lost_tool_calls_sees_a_policy_that_stops_calling_the_tool(
     assert alerts and 40 <= alerts[0].step <= 50  # the CUSUM adds up over a few steps
     assert "not healthy tool calls" in alerts[0].message and "plain answers" in alerts[0].message
     assert alerts[0].evidence["measure"] == "not_tool_call"
+    with pytest.raises(ValueError, match="structure_measure"):
+        MonitorConfig.from_any({"structure_measure": "tool_calls"})
 
 
 def _broken_share_run(shares, seed=0, config=CONFIG):

@@ -105,6 +105,22 @@ def test_cli_scan_json_and_table(runs, capsys):
     assert "collapse onset" in text and "at the onset: success fell with the format" in text
 
 
+def test_cli_set_replays_with_other_detector_settings(runs, capsys):
+    """`--set` changes what pages: the structure family required three times over pages later or
+    never; a typo or a bad value is a one-line error, exit 2."""
+    _, collapsing, _ = runs
+    assert main(["scan", str(collapsing), "--json"]) == 0
+    default = json.loads(capsys.readouterr().out)
+    strict = ["--set", "verdict_min_families=9"]  # more families than there are: never pages
+    assert main(["scan", str(collapsing), "--json", *strict]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert default["first_critical_step"] is not None and out["first_critical_step"] is None
+    for bad in (["--set", "verdict_min_family=3"], ["--set", "verdict_min_families=many"], ["--set", "x"]):
+        assert main(["scan", str(collapsing), *bad]) == 2
+        err = _err(capsys)
+        assert len(err.splitlines()) == 1 and "detector setting" in err
+
+
 def test_cli_report_is_self_contained(runs, tmp_path, capsys):
     _, collapsing, _ = runs
     out = tmp_path / "report.html"

@@ -112,6 +112,17 @@ class CriticalOnStep2:
         return []
 
 
+def test_detector_settings_reach_the_live_monitor_and_bad_ones_fail_early(tmp_path):
+    gate = {"signal_mixed_max": 0.6, "verdict_requires_if_seen": ("signal",)}
+    with Recorder(tmp_path, "gated", control_tokens=CONTROLS, detectors=gate) as rec:
+        assert rec.monitor is not None
+        assert rec.monitor.config.signal_mixed_max == 0.6
+        assert rec.monitor.config.verdict_requires_if_seen == ("signal",)
+    with pytest.raises(ValueError, match="signal_mixed"):
+        Recorder(tmp_path, "typo", control_tokens=CONTROLS, detectors={"signal_mixed": 0.6})
+    assert not (tmp_path / "typo").exists()  # nothing written for a Recorder that was never built
+
+
 def test_live_monitor_alerts_and_stop_on(tmp_path):
     rec = Recorder(tmp_path, "live", control_tokens=CONTROLS, stop_on="critical", live_async=False)
     assert rec.monitor is not None  # the real LiveMonitor is importable and wired in
