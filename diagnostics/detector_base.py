@@ -5,12 +5,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from types import MappingProxyType
 from typing import Any
 
 from collapsewatch.diagnostics.alerts import SEVERITY_RANK, Alert
 from collapsewatch.diagnostics.features import StepFeatures
 
 STRUCTURE_MEASURES = ("broken", "not_tool_call")  # the shares StructuralShift can watch
+
+# Settings for supervision that puts an expert or hinted row in every GRPO group: the page waits for
+# the groups' reward spread to thin (held out in round 22 of docs/detection.md)
+EXPERT_ROW_GATE: Mapping[str, Any] = MappingProxyType(
+    {"signal_mixed_max": 0.6, "verdict_requires_if_seen": ("signal",)}
+)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ class RunLog:
     """One rank's view of the run directory; scalars (already reduced over ranks) come from rank 0."""
 
     def __init__(self, root: str, run_name: str, fmt: ChatFormat, config: dict, rank: int, world_size: int):
+        from collapsewatch.diagnostics.detector_base import EXPERT_ROW_GATE
         from collapsewatch.hooks.recorder import Recorder
 
         self.rank = rank
@@ -28,6 +29,8 @@ class RunLog:
             world_size=world_size,
             config=config,
             tokenizer_name=config.get("tokenizer_name"),
+            # an expert row in every group keeps the groups mixed: the live page waits for them to thin
+            detectors=EXPERT_ROW_GATE if config.get("expert_replacement") else None,
         )
 
     @property

@@ -177,6 +177,21 @@ def test_each_rank_probes_only_its_share_of_the_conversations(tok, tiny_cfg):
     assert metrics["probe/logp_text"] != pytest.approx(s.probe.measure(s.policy)["probe/logp_text"], rel=1e-6)
 
 
+@pytest.mark.parametrize("expert", [True, False])
+def test_runs_with_an_expert_row_monitor_with_the_learning_signal_gate(tok, tmp_path, expert):
+    """docs/detection.md round 22: the expert keeps every group mixed, so the live page waits for the
+    groups to thin; runs without an expert keep round 7's rule."""
+    from collapsewatch.trainer.recording import RunLog
+
+    log = RunLog(str(tmp_path), "run", ChatFormat(tok), {"expert_replacement": expert}, 0, 1)
+    try:
+        config = log.rec.monitor.config
+        assert config.signal_mixed_max == (0.6 if expert else 0.0)
+        assert config.verdict_requires_if_seen == (("signal",) if expert else ())
+    finally:
+        log.close("finished")
+
+
 @pytest.mark.parametrize("experts", [1, 2])
 def test_expert_replacement_puts_the_expert_first_in_every_group(tok, tiny_cfg, experts):
     s = _state(tiny_cfg.override(expert_replacement=True, expert_rollouts=experts, hint_rollouts=1), tok)
