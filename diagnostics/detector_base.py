@@ -13,7 +13,7 @@ from collapsewatch.diagnostics.features import StepFeatures
 
 STRUCTURE_MEASURES = ("broken", "not_tool_call")  # the shares StructuralShift can watch
 
-# Settings for supervision that puts an expert or hinted row in every GRPO group: the page waits for
+# Settings for supervision that puts an expert row in every GRPO group: the page waits for
 # the groups' reward spread to thin (held out in round 22 of docs/detection.md)
 EXPERT_ROW_GATE: Mapping[str, Any] = MappingProxyType(
     {"signal_mixed_max": 0.6, "verdict_requires_if_seen": ("signal",)}
