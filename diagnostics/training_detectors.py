@@ -121,17 +121,17 @@ class ZeroAdvantageGroups(Detector):
 
 
 class LearningSignalThin(Detector):
-    """Few GRPO groups still have a reward spread: the policy's own rollouts no longer tell it which
-    format pays, so a format excursion is not being repaired by the RL loss.
+    """Few GRPO groups still have a reward spread: the rollouts no longer tell the policy which format
+    pays, so nothing in the RL loss repairs a format excursion.
 
     An absolute level (the mean share of mixed groups over the last `signal_window` steps at most
-    `signal_mixed_max`), not a rise, and only info: a thin signal is normal for a weak policy on
-    hard tasks (every bundled run without an expert row starts below 0.6). It exists to gate the verdict (`verdict_requires_if_seen=
-    ("signal",)`). In the bundled trainer's collapses 5-45% of groups were mixed when round 7's rule
-    paged; in `off-policy` runs, whose expert row succeeds in every group, 78-100%. Held out in round
-    22 of docs/detection.md (0.6 with the gate: no `off-policy` page, every collapse paged at round 7's
-    rule's step), so recommended for expert-row supervision. Off (0) by default; a run without group
-    ids has no data for it.
+    `signal_mixed_max`), not a rise, and only info: a thin signal is normal for a weak policy on hard
+    tasks (every bundled run without an expert row starts below 0.6). It exists to gate the verdict
+    (`verdict_requires_if_seen=("signal",)`). When round 7's rule paged, 5-45% of the groups were
+    mixed in the bundled trainer's collapses and 78-100% in `off-policy` runs, whose expert row
+    succeeds in every group. Held out in round 22 of docs/detection.md (0.6 with the gate: no
+    `off-policy` page, every collapse paged at round 7's rule's step), hence recommended for
+    expert-row supervision. Off (0) by default; a run without group ids has no data for it.
     """
 
     name = "learning_signal"

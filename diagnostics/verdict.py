@@ -33,7 +33,7 @@ _FAMILY_LABEL = {
     "exploration": "entropy / learning signal",
     "optimization": "optimizer statistics",
     "length": "rollout length",
-    "signal": "learning signal",
+    "signal": "thin reward spread in the groups",
 }
 # Families that can only gate a page (be required), never count towards `verdict_min_families`: the
 # learning signal thins in supervised runs that hold as well (docs/detection.md, item 22).

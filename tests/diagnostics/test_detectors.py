@@ -504,7 +504,7 @@ def test_verdict_signal_gate_blocks_until_the_groups_thin_and_never_counts_as_a_
         active={"control": "control", "structure": "structure", "signal": "signal"},
     )
     assert page and page[0].evidence["families"] == ["control", "structure"]
-    assert "gate: learning signal" in page[0].message
+    assert "gate: thin reward spread" in page[0].message
 
     no_groups = CombinedVerdict(gated)  # a run without group ids is judged without the gate
     assert no_groups.update(30, [warn(30, "control"), warn(30, "structure")], {"control", "structure"})
