@@ -48,6 +48,9 @@ from collapsewatch.diagnostics.scan import first_critical_step, replay_features
 # verdict's requirement that the structure family be one of them.
 ROUND7 = {"verdict_requires_if_seen": (), "probe_text_fold": 2.0, "probe_text_page_fold": 0.0}
 SETTING_D = {**ROUND7, "structure_cusum_k": 1.5, "structure_cusum_h": 5.0}
+# round 22's learning-signal gate: the page waits until at most 60% of the groups have a reward spread
+SIGNAL_GATE = {"signal_mixed_max": 0.6, "verdict_requires_if_seen": ("signal",)}
+LOST_CALLS = {"structure_measure": "not_tool_call"}
 TEXT_GATE = {"verdict_requires_if_seen": ("drift",)}
 OUR_SETTINGS = {
     "A": {**ROUND7, "structure_cusum_k": 0.5, "structure_cusum_h": 5.0, "structure_min_rise": 0.10},
@@ -56,13 +59,10 @@ OUR_SETTINGS = {
     "D": SETTING_D,
     "any 2 families": {**ROUND7, "verdict_requires": ()},
     "C, structure on 3 of 3": {**ROUND7, "structure_persist_k": 3, "structure_persist_n": 3},
-    # round 22's candidate: C waiting for the learning signal to thin (at most 60% of groups mixed)
-    "C + learning-signal gate": {**ROUND7, "signal_mixed_max": 0.6, "verdict_requires_if_seen": ("signal",)},
-    # round 22's second and third: the structure family watching every turn that is not a healthy tool call
-    "C on lost tool calls": {**ROUND7, "structure_measure": "not_tool_call"},
-    "C on lost tool calls + learning-signal gate": {
-        **ROUND7, "structure_measure": "not_tool_call", "signal_mixed_max": 0.6, "verdict_requires_if_seen": ("signal",),
-    },
+    "C + learning-signal gate": {**ROUND7, **SIGNAL_GATE},
+    # round 22's N: the structure family watching every turn that is not a healthy tool call
+    "C on lost tool calls": {**ROUND7, **LOST_CALLS},
+    "C on lost tool calls + learning-signal gate": {**ROUND7, **LOST_CALLS, **SIGNAL_GATE},
 }  # fmt: skip
 # Alternatives that differ only on runs with a reference probe; score them on such runs with
 # `--probe-settings`. Round 7's: the probe paging alone. Round 8's rule (D plus the expert-text gate)

@@ -6,7 +6,8 @@ real RunWriter, then times:
   * scan_tokens_s:  `scan(run, use_tokens=True)`: also recomputes every control-token statistic from
                     the 10M token rows with DuckDB (what happens for runs without ctrl/... scalars)
   * live_ms_per_step: LiveMonitor.update per step with 64 and 256 rollouts, fed plain columns as the
-                    hook feeds it (budget: 5 ms); and fed a DataFrame, as the hook did before
+                    hook feeds it (budget: 5 ms); fed a DataFrame, as the hook did before; and with
+                    the expert-row gate on, as the bundled `off-policy` recipe runs it
 Prints a JSON object as its last line. Usage: .venv/bin/python benchmarks/scan_speed.py [--steps 1000]
 """
 
@@ -30,9 +31,11 @@ def _dir_bytes(path: Path) -> int:
 def live_cost(rollouts: int, steps: int = 120) -> dict[str, float]:
     """Median ms per step of the live detectors fed as the hook feeds them (the step's sequences as
     plain columns), and, interleaved step by step, fed a DataFrame built from those columns (what
-    the hook did before; the frame's construction is counted, as the hook paid it)."""
+    the hook did before; the frame's construction is counted, as the hook paid it), and fed columns
+    with the expert-row gate on (what the bundled `off-policy` recipe runs)."""
     import pandas as pd
 
+    from collapsewatch.diagnostics.detector_base import EXPERT_ROW_GATE
     from collapsewatch.diagnostics.live import LiveMonitor
     from collapsewatch.diagnostics.synthetic import synthetic_run
 
@@ -44,12 +47,17 @@ def live_cost(rollouts: int, steps: int = 120) -> dict[str, float]:
             for i, turns in enumerate(s.sequences["turn_texts"])
         ]
     columns = [{c: s.sequences[c].tolist() for c in s.sequences.columns} for s in data]
-    monitors = {"columns": LiveMonitor(), "frame": LiveMonitor()}
-    times: dict[str, list[float]] = {"columns": [], "frame": []}
+    monitors = {
+        "columns": LiveMonitor(),
+        "frame": LiveMonitor(),
+        "gated": LiveMonitor(config=EXPERT_ROW_GATE),
+    }
+    times: dict[str, list[float]] = {path: [] for path in monitors}
+    order = list(monitors)
     for i, (s, cols) in enumerate(zip(data, columns, strict=True)):
-        for path in ("columns", "frame") if i % 2 else ("frame", "columns"):
+        for path in order[i % 3 :] + order[: i % 3]:  # each path goes first on a third of the steps
             t0 = time.perf_counter()
-            rows = cols if path == "columns" else pd.DataFrame(cols)
+            rows = pd.DataFrame(cols) if path == "frame" else cols
             monitors[path].update(s.step, s.scalars, rows)
             times[path].append(time.perf_counter() - t0)
     return {path: float(np.median(t) * 1000) for path, t in times.items()}
@@ -121,6 +129,7 @@ def main() -> None:
         "live_ms_per_step_256_rollouts": round(live256["columns"], 2),
         "live_budget_ms": 5.0,
         "live_ms_per_step_via_dataframe_64_256": [round(live64["frame"], 2), round(live256["frame"], 2)],
+        "live_ms_per_step_expert_row_gate_64_256": [round(live64["gated"], 2), round(live256["gated"], 2)],
     }
     if not args.root:
         shutil.rmtree(root, ignore_errors=True)

@@ -63,7 +63,6 @@ class StructuralShift(Detector):
             return []
         pollution, collapse = f.get("state/text_pollution"), f.get("state/full_collapse")
         answers = f.get("state/healthy_response")
-        kind = "full collapse (empty turns, bare tags)" if collapse >= pollution else "text pollution"
         states = f.rollout_states or []
         broken_mask = np.array([s is not None and not s.healthy for s in states], dtype=bool)
         if lost_calls:
@@ -72,6 +71,7 @@ class StructuralShift(Detector):
                 f"{collapse:.0%} full collapse, {answers:.0%} plain answers)"
             )
         else:
+            kind = "full collapse (empty turns, bare tags)" if collapse >= pollution else "text pollution"
             what = f"are broken (warm-up level {base_rate:.0%}), mostly {kind},"
         msg = (
             f"{broken:.0%} of assistant turns {what} and the rise has lasted (CUSUM {self.cusum:.1f}): "

@@ -9,23 +9,22 @@ from pathlib import Path
 from collapsewatch.errors import UserError
 
 
-def _settings(pairs: list[str] | None) -> dict:
-    """The `--set KEY=VALUE` detector settings (docs/detectors.md), or a one-line UserError."""
+def _config(pairs: list[str]):
+    """The detectors' MonitorConfig with the `--set KEY=VALUE` settings (docs/detectors.md), or a
+    one-line UserError."""
     from collapsewatch.diagnostics.detector_base import MonitorConfig
 
     try:
-        settings = dict(MonitorConfig.parse_setting(p) for p in pairs or [])
-        MonitorConfig.from_any(settings)
+        return MonitorConfig.from_any(dict(MonitorConfig.parse_setting(p) for p in pairs))
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    return settings
 
 
-def _scan_or_user_error(path: str, settings: dict | None = None):
+def _scan_or_user_error(path: str, config=None):
     from collapsewatch.diagnostics.scan import scan
 
     try:
-        return scan(path, config=settings or None, progress=True)
+        return scan(path, config=config, progress=True)
     except UserError:
         raise
     except (OSError, ValueError) as exc:
@@ -38,7 +37,7 @@ def _scan_or_user_error(path: str, settings: dict | None = None):
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
-    findings = _scan_or_user_error(args.run, _settings(args.set))
+    findings = _scan_or_user_error(args.run, _config(args.set))
     if args.json:
         print(json.dumps(findings.to_dict(), indent=2, sort_keys=False))
         return 0
@@ -83,7 +82,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise UserError(f"output {out} is a directory; give a file name such as report.html")
     if not out.parent.exists():
         raise UserError(f"output folder {out.parent} does not exist")
-    findings = _scan_or_user_error(args.run, _settings(args.set))
+    findings = _scan_or_user_error(args.run, _config(args.set))
     try:
         report(args.run, out, findings=findings)
     except UserError:

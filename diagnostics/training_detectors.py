@@ -4,6 +4,7 @@ lazy likelihood displacement and train-vs-sampler mismatch."""
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import numpy as np
 
@@ -139,7 +140,7 @@ class LearningSignalThin(Detector):
 
     def __init__(self, config: MonitorConfig):
         super().__init__(config)
-        self.recent: list[float] = []
+        self.recent: deque[float] = deque(maxlen=config.signal_window)  # mixed share, last steps
 
     def update(self, f: StepFeatures) -> list[Alert]:
         c = self.config
@@ -147,7 +148,7 @@ class LearningSignalThin(Detector):
         if c.signal_mixed_max <= 0 or not math.isfinite(zero):
             return []
         self.seen += 1
-        self.recent = (self.recent + [1.0 - zero])[-c.signal_window :]
+        self.recent.append(1.0 - zero)
         mixed = float(np.mean(self.recent))
         if not self.warmed_up or mixed > c.signal_mixed_max:
             return []

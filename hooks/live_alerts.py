@@ -17,31 +17,32 @@ SEVERITY_LEVEL = {name: level for level, name in enumerate(schema.SEVERITIES)}  
 STOP_LEVELS = {name: level for name, level in SEVERITY_LEVEL.items() if level > 0}  # what stop_on accepts
 
 
-def check_detector_settings(settings: Mapping[str, Any] | None) -> None:
-    """Raise ValueError for a detector setting the diagnostics do not know (no-op without them)."""
+def detector_config(settings: Mapping[str, Any] | None) -> Any:
+    """The detectors' MonitorConfig for these settings (ValueError for one the diagnostics do not
+    know), or None when there are none or diagnostics is unavailable."""
     if not settings:
-        return
+        return None
     try:
         from collapsewatch.diagnostics.detector_base import MonitorConfig
     except Exception:
-        return
-    MonitorConfig.from_any(settings)
+        return None
+    return MonitorConfig.from_any(settings)
 
 
 def make_monitor(
     control_texts: list[str],
     sinks: Sequence[Any] | None,
     on_failure: Callable[[str, BaseException], None],
-    settings: Mapping[str, Any] | None = None,
+    config: Any = None,
 ) -> Any:
-    """A LiveMonitor for these control tokens and detector settings, or None when diagnostics is
-    unavailable."""
+    """A LiveMonitor for these control tokens and detector config (`detector_config`), or None when
+    diagnostics is unavailable."""
     try:
         from collapsewatch.diagnostics.live import LiveMonitor
     except Exception:
         return None
     try:
-        return LiveMonitor(control_tokens=control_texts, sinks=list(sinks or []), config=settings)
+        return LiveMonitor(control_tokens=control_texts, sinks=list(sinks or []), config=config)
     except Exception as exc:
         on_failure("live_monitor", exc)
         return None

@@ -31,7 +31,7 @@ from collapsewatch.hooks.control_tokens import ControlTokenSet, resolve_control_
 from collapsewatch.hooks.live_alerts import (
     STOP_LEVELS,
     alert_row,
-    check_detector_settings,
+    detector_config,
     make_monitor,
     trips_stop,
 )
@@ -113,7 +113,7 @@ class Recorder:
             raise ValueError(f"capture must be one of {CAPTURE_MODES}, not {capture!r}")
         if stop_on is not None and stop_on not in STOP_LEVELS:
             raise ValueError(f"stop_on must be None, 'warning' or 'critical', not {stop_on!r}")
-        check_detector_settings(detectors)  # a bad setting fails here, before training, not silently
+        monitor_config = detector_config(detectors)  # a bad setting fails here, before training
         self.capture = capture
         self.stop_on = stop_on
         self.tokenizer = tokenizer
@@ -154,7 +154,7 @@ class Recorder:
             self.writer = None
             self._warn_once("write_error", f"collapsewatch: cannot create the run ({exc}); capture is off")
         self.monitor = (
-            make_monitor(self.controls.texts, sinks, self.record_failure, detectors)
+            make_monitor(self.controls.texts, sinks, self.record_failure, monitor_config)
             if live_detectors and self.writer is not None
             else None
         )

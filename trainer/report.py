@@ -31,7 +31,7 @@ def broken_share(steps: pd.DataFrame, after: int) -> float:
     """Mean share of turns in text pollution or full collapse over the steps after `after` (the LR
     warm-up): how well a recipe holds the format once the learning rate is full. NaN without them."""
     later = steps[steps["step"] > after]
-    if "states/text_pollution" not in later or not len(later):
+    if not {"states/text_pollution", "states/full_collapse"} <= set(later) or not len(later):
         return math.nan
     return float((later["states/text_pollution"] + later["states/full_collapse"]).mean())
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from collapsewatch.diagnostics.alerts import Alert
 from collapsewatch.diagnostics.behaviour_detectors import (
     BrokenModeGroups,
     LengthCollapse,
@@ -31,6 +32,7 @@ from collapsewatch.diagnostics.training_detectors import (
     SamplerMismatch,
     ZeroAdvantageGroups,
 )
+from collapsewatch.diagnostics.verdict import CombinedVerdict
 from collapsewatch.schema import control_stat_name
 
 CONFIG = MonitorConfig(warmup=20, cooldown=10)
@@ -427,79 +429,71 @@ def test_structural_shift_persistence_skips_a_repaired_excursion_but_not_a_lasti
         assert kept and kept[0] == 36, kept  # a lasting rise is held back one step
 
 
+def _warning(step, family):
+    """A warning of `family` at `step`, as the verdict receives detectors' alerts."""
+    return Alert(step=step, detector=family, severity="warning", message="m", family=family)
+
+
 def test_verdict_pages_only_when_the_format_itself_breaks():
     """Control tokens and task success moving together without broken turns is format stress that
     supervised runs repair (docs/detection.md); the page waits for the structural shift."""
-    from collapsewatch.diagnostics.alerts import Alert
-    from collapsewatch.diagnostics.verdict import CombinedVerdict
-
-    def warn(step, family):
-        return Alert(step=step, detector=family, severity="warning", message="m", family=family)
-
     families = {"control", "outcome", "structure", "optimization"}
     verdict = CombinedVerdict(MonitorConfig())
     assert (
-        verdict.update(30, [warn(30, "control"), warn(30, "outcome"), warn(30, "optimization")], families)
+        verdict.update(
+            30, [_warning(30, "control"), _warning(30, "outcome"), _warning(30, "optimization")], families
+        )
         == []
     )
-    page = verdict.update(32, [warn(32, "structure")], families)
+    page = verdict.update(32, [_warning(32, "structure")], families)
     assert page and page[0].severity == "critical"
     assert set(page[0].evidence["families"]) == {"control", "outcome", "structure", "optimization"}
     loose = CombinedVerdict(MonitorConfig(verdict_requires=()))
-    assert loose.update(30, [warn(30, "control"), warn(30, "outcome")], families)
+    assert loose.update(30, [_warning(30, "control"), _warning(30, "outcome")], families)
 
 
 def test_verdict_requires_text_drift_only_in_runs_with_a_probe():
     """With the gate on (round 15's default, an option since round 16), structure plus control tokens is not enough
     in a run with a reference probe: the expert's text must have drifted too. A run without the
     probe's text series is judged by structure and any other family, as before."""
-    from collapsewatch.diagnostics.alerts import Alert
-    from collapsewatch.diagnostics.verdict import CombinedVerdict
-
-    def warn(step, family):
-        return Alert(step=step, detector=family, severity="warning", message="m", family=family)
-
     gated = MonitorConfig(verdict_requires_if_seen=("drift",))
     probed = CombinedVerdict(gated)
     with_probe = {"control", "structure", "probe", "drift"}
     assert (
-        probed.update(30, [warn(30, "control"), warn(30, "structure"), warn(30, "probe")], with_probe) == []
+        probed.update(
+            30, [_warning(30, "control"), _warning(30, "structure"), _warning(30, "probe")], with_probe
+        )
+        == []
     )
-    page = probed.update(31, [warn(31, "structure"), warn(31, "drift")], with_probe)
+    page = probed.update(31, [_warning(31, "structure"), _warning(31, "drift")], with_probe)
     assert page and set(page[0].evidence["families"]) == {"control", "drift", "probe", "structure"}
 
     unprobed = CombinedVerdict(gated)
-    page = unprobed.update(30, [warn(30, "control"), warn(30, "structure")], {"control", "structure"})
+    page = unprobed.update(30, [_warning(30, "control"), _warning(30, "structure")], {"control", "structure"})
     assert page and set(page[0].evidence["families"]) == {"control", "structure"}
     assert MonitorConfig().verdict_requires_if_seen == ()  # round 7's rule, the default again since round 16
     ungated = CombinedVerdict(MonitorConfig())
-    assert ungated.update(30, [warn(30, "control"), warn(30, "structure")], with_probe)
+    assert ungated.update(30, [_warning(30, "control"), _warning(30, "structure")], with_probe)
 
 
 def test_verdict_signal_gate_blocks_until_the_groups_thin_and_never_counts_as_a_family():
     """The learning-signal gate (item 22 of docs/detection.md): with groups still mixed, structure and
     control tokens do not page; once the signal holds thin they do, and the gate is not one of the
     agreeing families (structure plus the gate alone is one family, not two)."""
-    from collapsewatch.diagnostics.alerts import Alert
-    from collapsewatch.diagnostics.verdict import CombinedVerdict
-
-    def warn(step, family, severity="warning"):
-        return Alert(step=step, detector=family, severity=severity, message="m", family=family)
-
     gated = MonitorConfig(signal_mixed_max=0.6, verdict_requires_if_seen=("signal",))
     seen = {"control", "structure", "signal"}
     mixed = CombinedVerdict(gated)
-    assert mixed.update(30, [warn(30, "control"), warn(30, "structure")], seen) == []
+    assert mixed.update(30, [_warning(30, "control"), _warning(30, "structure")], seen) == []
     verdict = CombinedVerdict(gated)
     assert (
         verdict.update(
-            30, [warn(30, "structure")], seen, active={"structure": "structure", "signal": "signal"}
+            30, [_warning(30, "structure")], seen, active={"structure": "structure", "signal": "signal"}
         )
         == []
     )
     page = verdict.update(
         31,
-        [warn(31, "control")],
+        [_warning(31, "control")],
         seen,
         active={"control": "control", "structure": "structure", "signal": "signal"},
     )
@@ -507,30 +501,28 @@ def test_verdict_signal_gate_blocks_until_the_groups_thin_and_never_counts_as_a_
     assert "gate: thin reward spread" in page[0].message
 
     no_groups = CombinedVerdict(gated)  # a run without group ids is judged without the gate
-    assert no_groups.update(30, [warn(30, "control"), warn(30, "structure")], {"control", "structure"})
+    assert no_groups.update(
+        30, [_warning(30, "control"), _warning(30, "structure")], {"control", "structure"}
+    )
 
 
 def test_verdict_counts_a_family_while_its_condition_holds():
     """A success slide that alerted at step 20 and still holds at 28 agrees with a structural shift
     at 28: its one alert is 8 steps old, but the condition is active (one alert per episode)."""
-    from collapsewatch.diagnostics.alerts import Alert
-    from collapsewatch.diagnostics.verdict import CombinedVerdict
-
-    def warn(step, family):
-        return Alert(step=step, detector=family, severity="warning", message="m", family=family)
-
     families = {"outcome", "structure"}
     sliding = {"success_collapse": "outcome"}
     verdict = CombinedVerdict(MonitorConfig())
-    assert verdict.update(20, [warn(20, "outcome")], families, sliding) == []
+    assert verdict.update(20, [_warning(20, "outcome")], families, sliding) == []
     for step in range(21, 28):
         assert verdict.update(step, [], families, sliding) == []
-    page = verdict.update(28, [warn(28, "structure")], families, {**sliding, "structural_shift": "structure"})
+    page = verdict.update(
+        28, [_warning(28, "structure")], families, {**sliding, "structural_shift": "structure"}
+    )
     assert page and set(page[0].evidence["families"]) == {"outcome", "structure"}
     assert {"step": 28, "detector": "success_collapse", "family": "outcome"} in page[0].evidence["detectors"]
     alerts_only = CombinedVerdict(MonitorConfig())  # counting alerts alone, the slide is stale by 28
-    alerts_only.update(20, [warn(20, "outcome")], families)
-    assert alerts_only.update(28, [warn(28, "structure")], families) == []
+    alerts_only.update(20, [_warning(20, "outcome")], families)
+    assert alerts_only.update(28, [_warning(28, "structure")], families) == []
 
 
 def test_broken_mode_groups_needs_whole_groups_not_the_same_share_scattered():

@@ -106,8 +106,8 @@ def test_cli_scan_json_and_table(runs, capsys):
 
 
 def test_cli_set_replays_with_other_detector_settings(runs, capsys):
-    """`--set` changes what pages: the structure family required three times over pages later or
-    never; a typo or a bad value is a one-line error, exit 2."""
+    """`--set` changes what pages: asking for more agreeing families than there are means no page;
+    an unknown key, a bad value or no `=` is a one-line error, exit 2."""
     _, collapsing, _ = runs
     assert main(["scan", str(collapsing), "--json"]) == 0
     default = json.loads(capsys.readouterr().out)
