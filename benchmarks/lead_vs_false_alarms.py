@@ -51,6 +51,8 @@ SETTING_D = {**ROUND7, "structure_cusum_k": 1.5, "structure_cusum_h": 5.0}
 # round 22's learning-signal gate: the page waits until at most 60% of the groups have a reward spread
 SIGNAL_GATE = {"signal_mixed_max": 0.6, "verdict_requires_if_seen": ("signal",)}
 LOST_CALLS = {"structure_measure": "not_tool_call"}
+# round 24's S: in a run that logs an SFT loss, the structural shift must hold on 4 of 4 steps
+SFT_PERSIST = {"sft_structure_persist_k": 4, "sft_structure_persist_n": 4}
 TEXT_GATE = {"verdict_requires_if_seen": ("drift",)}
 OUR_SETTINGS = {
     "A": {**ROUND7, "structure_cusum_k": 0.5, "structure_cusum_h": 5.0, "structure_min_rise": 0.10},
@@ -63,6 +65,8 @@ OUR_SETTINGS = {
     # round 22's N: the structure family watching every turn that is not a healthy tool call
     "C on lost tool calls": {**ROUND7, **LOST_CALLS},
     "C on lost tool calls + learning-signal gate": {**ROUND7, **LOST_CALLS, **SIGNAL_GATE},
+    "C + SFT persistence": {**ROUND7, **SFT_PERSIST},
+    "C + learning-signal gate + SFT persistence": {**ROUND7, **SIGNAL_GATE, **SFT_PERSIST},
 }  # fmt: skip
 # Alternatives that differ only on runs with a reference probe; score them on such runs with
 # `--probe-settings`. Round 7's: the probe paging alone. Round 8's rule (D plus the expert-text gate)

@@ -34,6 +34,8 @@ class StructuralShift(Detector):
     With `structure_measure="not_tool_call"` the share watched is that of turns that are not healthy
     tool calls: broken turns plus plain answers, so a policy that stops calling the tool shifts it
     too (round 22's rule N: quieter but later, not adopted; docs/detection.md).
+    With `sft_structure_persist_k/_n` set, a run that logs an SFT loss needs the shift on k of the
+    last n steps: SFT repairs excursions within a few steps (round 24's rule S).
     """
 
     name = "structural_shift"
@@ -45,9 +47,14 @@ class StructuralShift(Detector):
         self.base = RobustBaseline(config.warmup, span=math.inf, min_scale=0.3)
         self.cusum = 0.0
         self.persist = KofN(config.structure_persist_k, config.structure_persist_n)
+        sft_k, sft_n = config.sft_structure_persist_k, config.sft_structure_persist_n
+        self.sft_persist = KofN(sft_k, sft_n) if sft_k else None
+        self.sft_seen = False  # sticky: the run has logged an SFT loss
 
     def update(self, f: StepFeatures) -> list[Alert]:
         c = self.config
+        if self.sft_persist is not None and not self.sft_seen:
+            self.sft_seen = f.has_sft_loss()
         lost_calls = c.structure_measure == "not_tool_call"
         broken = 1.0 - f.get("state/healthy_tool_call") if lost_calls else f.get("state/broken_turns")
         if math.isnan(broken):
@@ -59,7 +66,12 @@ class StructuralShift(Detector):
             return []
         self.cusum = max(0.0, self.cusum + z - c.structure_cusum_k)
         shifted = self.cusum >= c.structure_cusum_h and broken - base_rate >= c.structure_min_rise
-        if not self.persist.update(shifted):
+        held = self.persist.update(shifted)
+        if self.sft_persist is not None:  # both windows see every step, so either can decide
+            held_under_sft = self.sft_persist.update(shifted)
+            if self.sft_seen:
+                held = held_under_sft
+        if not held:
             return []
         pollution, collapse = f.get("state/text_pollution"), f.get("state/full_collapse")
         answers = f.get("state/healthy_response")
@@ -73,8 +85,11 @@ class StructuralShift(Detector):
         else:
             kind = "full collapse (empty turns, bare tags)" if collapse >= pollution else "text pollution"
             what = f"are broken (warm-up level {base_rate:.0%}), mostly {kind},"
+        lasted = f"CUSUM {self.cusum:.1f}"
+        if self.sft_seen and self.sft_persist is not None:
+            lasted += f", on {c.sft_structure_persist_k} of the last {c.sft_structure_persist_n} steps despite the run's SFT"
         msg = (
-            f"{broken:.0%} of assistant turns {what} and the rise has lasted (CUSUM {self.cusum:.1f}): "
+            f"{broken:.0%} of assistant turns {what} and the rise has lasted ({lasted}): "
             f"the tool-call format is breaking. {_SUPERVISE}"
         )
         a = self.emit(

@@ -86,6 +86,13 @@ class MonitorConfig:
     # supervised runs that held paged (1 of 1: 13), but a median lead of 3 (1 of 1: 6); docs/detection.md
     structure_persist_k: int = 1
     structure_persist_n: int = 1
+    # ... on k of the last n steps instead once the run logs a supervised loss on expert data (a
+    # scalar `sft/...loss`: the bundled sync-sft and interleaved recipes, or a user's interleaved SFT
+    # logged under that name); 0, the default, keeps the setting above. SFT repairs a format
+    # excursion within a few steps, so an excursion it has not repaired in k steps is one it is
+    # losing (round 24's rule S, 4 of 4; docs/detection.md)
+    sft_structure_persist_k: int = 0
+    sft_structure_persist_n: int = 0
     # structural states per GRPO group: a group whose every rollout is broken (the broken format is
     # the policy's mode for that prompt); hit when this share of groups, and at least this many, are
     broken_mode_frac: float = 0.25
@@ -130,6 +137,9 @@ class MonitorConfig:
             raise ValueError(
                 f"structure_measure must be one of {', '.join(STRUCTURE_MEASURES)}, not {self.structure_measure!r}"
             )
+        k, n = self.sft_structure_persist_k, self.sft_structure_persist_n
+        if (k, n) != (0, 0) and not 0 < k <= n:
+            raise ValueError(f"sft_structure_persist_k/_n must be 0/0 or 0 < k <= n, not {k}/{n}")
 
     @classmethod
     def parse_setting(cls, pair: str) -> tuple[str, Any]:

@@ -67,6 +67,10 @@ class StepFeatures:
             return rows
         return pd.DataFrame(dict(rows))
 
+    def has_sft_loss(self) -> bool:
+        """The step logs a supervised loss on expert data (`sft/...loss`): the run is SFT-supervised."""
+        return any(name.startswith("sft/") and name.endswith("loss") for name in self.scalars)
+
     def get(self, name: str, default: float = math.nan) -> float:
         v = self.scalars.get(name)
         if v is None or (isinstance(v, float) and math.isnan(v)):

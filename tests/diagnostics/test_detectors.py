@@ -388,14 +388,15 @@ def test_structure_on_lost_tool_calls_sees_a_policy_that_stops_calling_the_tool(
         MonitorConfig.from_any({"structure_measure": "tool_calls"})
 
 
-def _broken_share_run(shares, seed=0, config=CONFIG):
-    """StructuralShift over steps whose broken-turn share is drawn around `shares[step]`."""
+def _broken_share_run(shares, seed=0, config=CONFIG, scalars=None):
+    """StructuralShift over steps whose broken-turn share is drawn around `shares[step]`; every step
+    logs `scalars` besides."""
     rng = np.random.default_rng(seed)
     det, alerts = StructuralShift(config), []
     for step, share in enumerate(shares):
         broken = rng.random(N) < share
         turns = [["<tool_call><|im_end|>"] if b else [CALL, "alice has 40."] for b in broken]
-        alerts += det.update(step_features(step, {}, seqs_frame(rng, turn_texts=turns)))
+        alerts += det.update(step_features(step, dict(scalars or {}), seqs_frame(rng, turn_texts=turns)))
     return alerts
 
 
@@ -427,6 +428,35 @@ def test_structural_shift_persistence_skips_a_repaired_excursion_but_not_a_lasti
         assert _broken_share_run(excursion, seed, persist) == []
         kept = [a.step for a in _broken_share_run(lasting, seed, persist)]
         assert kept and kept[0] == 36, kept  # a lasting rise is held back one step
+
+
+def test_structural_shift_waits_longer_only_in_a_run_that_logs_an_sft_loss():
+    """Rule S (round 24): SFT repairs a format excursion within a few steps, so in an SFT-supervised
+    run the shift must hold on 4 of 4 steps; a run without an SFT loss is judged as before."""
+    repaired = [0.03] * 30 + [0.6] * 3 + [0.05] * 47  # SFT repairs the excursion within 3 steps
+    lasting = [0.03] * 30 + [0.6] * 50
+    rule_s = dataclasses.replace(CONFIG, sft_structure_persist_k=4, sft_structure_persist_n=4)
+    sft = {"sft/joint_loss": 0.03}
+    for seed in range(3):
+        first = [a.step for a in _broken_share_run(lasting, seed)][0]  # the default's step
+        assert [a.step for a in _broken_share_run(repaired, seed, rule_s)][:1] == [first]  # no SFT: as before
+        assert _broken_share_run(repaired, seed, rule_s, sft) == []
+        assert [a.step for a in _broken_share_run(repaired, seed, CONFIG, sft)][:1] == [
+            first
+        ]  # off by default
+        held = _broken_share_run(lasting, seed, rule_s, {"sft/erroneous_loss": 0.05})
+        assert [a.step for a in held][:1] == [first + 3], held  # the fourth step of the shift
+        assert "4 of the last 4 steps despite the run's SFT" in held[0].message
+        # a scalar that merely starts with sft/ is not a loss
+        other = _broken_share_run(lasting, seed, rule_s, {"sft/erroneous_tasks": 3.0})
+        assert [a.step for a in other][:1] == [first]
+
+
+def test_sft_persistence_setting_is_checked():
+    with pytest.raises(ValueError, match="sft_structure_persist"):
+        MonitorConfig(sft_structure_persist_k=5, sft_structure_persist_n=4)
+    with pytest.raises(ValueError, match="sft_structure_persist"):
+        MonitorConfig(sft_structure_persist_k=2)
 
 
 def _warning(step, family):
