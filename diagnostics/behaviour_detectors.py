@@ -35,7 +35,8 @@ class StructuralShift(Detector):
     tool calls: broken turns plus plain answers, so a policy that stops calling the tool shifts it
     too (round 22's rule N: quieter but later, not adopted; docs/detection.md).
     With `sft_structure_persist_k/_n` set, a run that logs an SFT loss needs the shift on k of the
-    last n steps: SFT repairs excursions within a few steps (round 24's rule S).
+    last n steps: SFT repairs excursions within a few steps (round 24's rule S: quieter, but late when
+    the SFT is too weak to win; an option).
     """
 
     name = "structural_shift"

@@ -90,7 +90,8 @@ class MonitorConfig:
     # scalar `sft/...loss`: the bundled sync-sft and interleaved recipes, or a user's interleaved SFT
     # logged under that name); 0, the default, keeps the setting above. SFT repairs a format
     # excursion within a few steps, so an excursion it has not repaired in k steps is one it is
-    # losing (round 24's rule S, 4 of 4; docs/detection.md)
+    # losing (round 24's rule S, 4 of 4: held out, it silenced 7 of 9 pages of SFT runs that held but
+    # paged 3 of 4 slides under too weak an SFT after their onset; an option, docs/detection.md)
     sft_structure_persist_k: int = 0
     sft_structure_persist_n: int = 0
     # structural states per GRPO group: a group whose every rollout is broken (the broken format is

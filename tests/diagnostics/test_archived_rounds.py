@@ -1,0 +1,32 @@
+"""Rules replayed on real trainer runs archived in docs/data/features (docs/detection.md, round 24)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from collapsewatch.diagnostics.feature_archive import load_archive
+from collapsewatch.diagnostics.scan import first_critical_step, replay_features
+
+ARCHIVES = Path(__file__).resolve().parents[2] / "docs" / "data" / "features"
+RULE_S = {"sft_structure_persist_k": 4, "sft_structure_persist_n": 4}
+
+
+def _page(archive: str, config: dict) -> int | None:
+    inputs, features = load_archive(ARCHIVES / archive)
+    alerts, _ = replay_features(features, inputs.run.control_tokens, config)
+    return first_critical_step(alerts)
+
+
+@pytest.mark.parametrize(
+    ("archive", "default_page", "s_page"),
+    [
+        ("r24w/sync-sft-s130.parquet", 29, None),  # joint SFT 0.1, held: the page goes
+        ("r24v/sync-sft-s131.parquet", 27, 40),  # joint SFT 0.05, slid across at 34: S pages late
+        ("r23/collapse-s120.parquet", 21, 21),  # no SFT loss: S is the default
+    ],
+)
+def test_sft_persistence_on_archived_runs(archive, default_page, s_page):
+    assert _page(archive, {}) == default_page
+    assert _page(archive, RULE_S) == s_page
