@@ -32,7 +32,8 @@ def live_cost(rollouts: int, steps: int = 120) -> dict[str, float]:
     """Median ms per step of the live detectors fed as the hook feeds them (the step's sequences as
     plain columns), and, interleaved step by step, fed a DataFrame built from those columns (what
     the hook did before; the frame's construction is counted, as the hook paid it), and fed columns
-    with the expert-row gate on (what the bundled `off-policy` recipe runs)."""
+    with the expert-row gate on (what the bundled `off-policy` recipe runs), and fed columns of a run
+    that logs an SFT loss with round 24's SFT window on (rule S, an option)."""
     import pandas as pd
 
     from collapsewatch.diagnostics.detector_base import EXPERT_ROW_GATE
@@ -51,14 +52,17 @@ def live_cost(rollouts: int, steps: int = 120) -> dict[str, float]:
         "columns": LiveMonitor(),
         "frame": LiveMonitor(),
         "gated": LiveMonitor(config=EXPERT_ROW_GATE),
+        "sft window": LiveMonitor(config={"sft_structure_persist_k": 4, "sft_structure_persist_n": 4}),
     }
     times: dict[str, list[float]] = {path: [] for path in monitors}
     order = list(monitors)
     for i, (s, cols) in enumerate(zip(data, columns, strict=True)):
-        for path in order[i % 3 :] + order[: i % 3]:  # each path goes first on a third of the steps
+        k = i % len(order)
+        for path in order[k:] + order[:k]:  # each path goes first on an equal share of the steps
+            scalars = {**s.scalars, "sft/loss": 0.05} if path == "sft window" else s.scalars
             t0 = time.perf_counter()
             rows = pd.DataFrame(cols) if path == "frame" else cols
-            monitors[path].update(s.step, s.scalars, rows)
+            monitors[path].update(s.step, scalars, rows)
             times[path].append(time.perf_counter() - t0)
     return {path: float(np.median(t) * 1000) for path, t in times.items()}
 
@@ -130,6 +134,10 @@ def main() -> None:
         "live_budget_ms": 5.0,
         "live_ms_per_step_via_dataframe_64_256": [round(live64["frame"], 2), round(live256["frame"], 2)],
         "live_ms_per_step_expert_row_gate_64_256": [round(live64["gated"], 2), round(live256["gated"], 2)],
+        "live_ms_per_step_sft_window_64_256": [
+            round(live64["sft window"], 2),
+            round(live256["sft window"], 2),
+        ],
     }
     if not args.root:
         shutil.rmtree(root, ignore_errors=True)
