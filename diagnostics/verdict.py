@@ -38,6 +38,18 @@ _FAMILY_LABEL = {
 # Families that can only gate a page (be required), never count towards `verdict_min_families`: the
 # learning signal thins in supervised runs that hold as well (docs/detection.md, item 22).
 _GATE_ONLY = {"signal"}
+_ACT = (
+    "Act now: stop or roll back to the last good checkpoint, lower the learning rate, and add supervision "
+    "(interleaved SFT or expert rollouts)."
+)
+# In a run that logs an SFT loss the page asks for a few steps' patience first: on the bundled trainer 18
+# of the 23 pages of SFT-supervised runs came in runs that never crossed the onset line, during format
+# excursions the SFT then (mostly) repaired (docs/detection.md, rounds 16-24)
+_ACT_UNDER_SFT = (
+    "The run logs an SFT loss, and most pages of SFT-supervised runs on the bundled trainer came in runs "
+    "whose SFT then repaired the format: if the broken share does not fall within 3-4 steps, stop or roll "
+    "back to the last good checkpoint, lower the learning rate, and strengthen the SFT."
+)
 
 
 class CombinedVerdict:
@@ -51,6 +63,7 @@ class CombinedVerdict:
         self.confidence = 0.0
         self.families_seen: set[str] = set()
         self.last_control: Alert | None = None
+        self.sft_seen = False  # LiveMonitor sets it once the run logs an SFT loss (`sft/...loss`)
 
     def update(
         self,
@@ -97,8 +110,7 @@ class CombinedVerdict:
             )
         msg = (
             f"Collapse likely: {len(agreeing)} independent signal families agree within {c.verdict_window} steps "
-            f"({labels}); confidence {self.confidence:.0%}.{hint} Act now: stop or roll back to the last good "
-            "checkpoint, lower the learning rate, and add supervision (interleaved SFT or expert rollouts)."
+            f"({labels}); confidence {self.confidence:.0%}.{hint} {_ACT_UNDER_SFT if self.sft_seen else _ACT}"
         )
         return [
             Alert(
@@ -113,6 +125,7 @@ class CombinedVerdict:
                     "families": agreeing,
                     "confidence": self.confidence,
                     "detectors": supporting,  # each with the last step its condition held
+                    "sft_supervised": self.sft_seen,
                 },
                 family="verdict",
             )

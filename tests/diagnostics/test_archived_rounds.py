@@ -13,10 +13,14 @@ ARCHIVES = Path(__file__).resolve().parents[2] / "docs" / "data" / "features"
 RULE_S = {"sft_structure_persist_k": 4, "sft_structure_persist_n": 4}
 
 
-def _page(archive: str, config: dict) -> int | None:
+def _pages(archive: str, config: dict) -> list:
     inputs, features = load_archive(ARCHIVES / archive)
     alerts, _ = replay_features(features, inputs.run.control_tokens, config)
-    return first_critical_step(alerts)
+    return [a for a in alerts if a.severity == "critical"]
+
+
+def _page(archive: str, config: dict) -> int | None:
+    return first_critical_step(_pages(archive, config))
 
 
 @pytest.mark.parametrize(
@@ -30,3 +34,15 @@ def _page(archive: str, config: dict) -> int | None:
 def test_sft_persistence_on_archived_runs(archive, default_page, s_page):
     assert _page(archive, {}) == default_page
     assert _page(archive, RULE_S) == s_page
+
+
+def test_a_page_in_an_sft_run_asks_for_patience_first():
+    """Most pages of SFT-supervised runs came in runs the SFT then repaired (round 24): the page says
+    so and what to watch; an unsupervised run's page says act now."""
+    sft_page = _pages("r24w/sync-sft-s130.parquet", {})[0]
+    assert sft_page.evidence["sft_supervised"] is True
+    assert "logs an SFT loss" in sft_page.message and "within 3-4 steps" in sft_page.message
+    assert "Act now" not in sft_page.message
+    plain = _pages("r23/collapse-s120.parquet", {})[0]
+    assert plain.evidence["sft_supervised"] is False
+    assert "Act now" in plain.message and "SFT loss" not in plain.message
