@@ -6,8 +6,9 @@ real RunWriter, then times:
   * scan_tokens_s:  `scan(run, use_tokens=True)`: also recomputes every control-token statistic from
                     the 10M token rows with DuckDB (what happens for runs without ctrl/... scalars)
   * live_ms_per_step: LiveMonitor.update per step with 64 and 256 rollouts, fed plain columns as the
-                    hook feeds it (budget: 5 ms); fed a DataFrame, as the hook did before; and with
-                    the expert-row gate on, as the bundled `off-policy` recipe runs it
+                    hook feeds it (budget: 5 ms); fed a DataFrame, as the hook did before; with
+                    the expert-row gate on, as the bundled `off-policy` recipe runs it; and with
+                    round 24's SFT window on, in a run that logs an SFT loss
 Prints a JSON object as its last line. Usage: .venv/bin/python benchmarks/scan_speed.py [--steps 1000]
 """
 

@@ -55,7 +55,7 @@ class StructuralShift(Detector):
     def update(self, f: StepFeatures) -> list[Alert]:
         c = self.config
         if self.sft_persist is not None and not self.sft_seen:
-            self.sft_seen = f.has_sft_loss()
+            self.sft_seen = f.logs_sft_loss
         lost_calls = c.structure_measure == "not_tool_call"
         broken = 1.0 - f.get("state/healthy_tool_call") if lost_calls else f.get("state/broken_turns")
         if math.isnan(broken):
@@ -87,7 +87,7 @@ class StructuralShift(Detector):
             kind = "full collapse (empty turns, bare tags)" if collapse >= pollution else "text pollution"
             what = f"are broken (warm-up level {base_rate:.0%}), mostly {kind},"
         lasted = f"CUSUM {self.cusum:.1f}"
-        if self.sft_seen and self.sft_persist is not None:
+        if self.sft_seen:  # only ever set with the SFT window on
             lasted += f", on {c.sft_structure_persist_k} of the last {c.sft_structure_persist_n} steps despite the run's SFT"
         msg = (
             f"{broken:.0%} of assistant turns {what} and the rise has lasted ({lasted}): "

@@ -67,8 +67,10 @@ class StepFeatures:
             return rows
         return pd.DataFrame(dict(rows))
 
-    def has_sft_loss(self) -> bool:
-        """The step logs a supervised loss on expert data (`sft/...loss`): the run is SFT-supervised."""
+    @cached_property
+    def logs_sft_loss(self) -> bool:
+        """The step logs a supervised loss on expert data (`sft/...loss`): the run is SFT-supervised.
+        Computed once per step, for the structural shift and the verdict alike."""
         return any(name.startswith("sft/") and name.endswith("loss") for name in self.scalars)
 
     def get(self, name: str, default: float = math.nan) -> float:

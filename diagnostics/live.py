@@ -132,9 +132,7 @@ class LiveMonitor:
                 self.failures[d.name] += 1
         active = {name: d.family for d in self.detectors for name, s in d.active.items() if s == f.step}
         try:
-            if not self.verdict.sft_seen:
-                self.verdict.sft_seen = f.has_sft_loss()
-            alerts.extend(self.verdict.update(f.step, alerts, families, active))
+            alerts.extend(self.verdict.update(f.step, alerts, families, active, sft_logged=f.logs_sft_loss))
         except Exception:  # noqa: BLE001
             self.failures["verdict"] += 1
         now = time.time()

@@ -63,7 +63,7 @@ class CombinedVerdict:
         self.confidence = 0.0
         self.families_seen: set[str] = set()
         self.last_control: Alert | None = None
-        self.sft_seen = False  # LiveMonitor sets it once the run logs an SFT loss (`sft/...loss`)
+        self.sft_seen = False  # the run has logged an SFT loss (`sft/...loss`) at some step
 
     def update(
         self,
@@ -71,12 +71,15 @@ class CombinedVerdict:
         alerts: list[Alert],
         families_with_data: set[str],
         active: Mapping[str, str] | None = None,
+        sft_logged: bool = False,
     ) -> list[Alert]:
         """Judge one step. `active`: detector name -> family, for every detector whose warning (or
         worse) condition holds at this step, alerted or not (LiveMonitor passes it; every alert's
-        condition is among them). Without it, the step's warnings stand for the conditions."""
+        condition is among them). Without it, the step's warnings stand for the conditions.
+        `sft_logged`: the step logs an SFT loss; from then on a page asks for patience first."""
         c = self.config
         self.families_seen |= families_with_data
+        self.sft_seen = self.sft_seen or sft_logged
         warnings = [a for a in alerts if a.rank >= 1]
         for a in warnings:
             if a.family == "control":

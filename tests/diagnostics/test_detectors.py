@@ -482,6 +482,17 @@ def test_verdict_pages_only_when_the_format_itself_breaks():
     assert loose.update(30, [_warning(30, "control"), _warning(30, "outcome")], families)
 
 
+def test_verdict_remembers_that_the_run_logged_an_sft_loss():
+    """A run that logged an SFT loss once (interleaved SFT may log it only on some steps) is
+    SFT-supervised from then on: its page asks for patience first."""
+    families = {"control", "structure"}
+    verdict = CombinedVerdict(MonitorConfig())
+    assert verdict.update(10, [], families, sft_logged=True) == []
+    page = verdict.update(30, [_warning(30, "control"), _warning(30, "structure")], families)
+    assert page and page[0].evidence["sft_supervised"] is True
+    assert "logs an SFT loss" in page[0].message and "Act now" not in page[0].message
+
+
 def test_verdict_requires_text_drift_only_in_runs_with_a_probe():
     """With the gate on (round 15's default, an option since round 16), structure plus control tokens is not enough
     in a run with a reference probe: the expert's text must have drifted too. A run without the
