@@ -62,6 +62,10 @@ class TrainConfig:
     expert_replacement: bool = False  # the first rollouts of each group are the expert trajectory
     expert_rollouts: int = 1  # ... this many of G (the expert is deterministic: a weight on its row)
     hint_rollouts: int = 0  # h of G rollouts see a hint; the gradient uses the hint-free prompt
+    # SFT steps on expert trajectories, half of them hinted, on top of the warm start (cached apart), so
+    # that the hint line is in distribution; 0: off (the warm start never saw a hint line)
+    hint_sft_steps: int = 0
+    hint_sft_lr: float = 3e-4
     err_sft_every: int = 0  # K: every K steps, SFT on expert turns of recently failed tasks (0: off)
     err_sft_window: int = 10  # "recently" = the last this many steps
     err_sft_steps: int = 2  # SFT minibatches per interleaved round
@@ -121,6 +125,8 @@ class TrainConfig:
             raise UserError("expert_rollouts >= 1 is required (expert_replacement=false turns experts off)")
         if self.hint_rollouts + self.experts_per_group >= self.group_size:
             raise UserError("hint_rollouts plus expert rollouts must leave policy rollouts in each group")
+        if self.hint_sft_steps < 0:
+            raise UserError("hint_sft_steps must be >= 0")
         if self.eval_tasks < 0 or self.err_sft_batch < 1:
             raise UserError("eval_tasks >= 0 and err_sft_batch >= 1 are required")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -137,8 +143,10 @@ RECIPES: dict[str, dict] = {
     "sync-sft": {"joint_sft_coef": 0.5},
     # + one expert trajectory per group (teacher-forced, joins the group normalisation).
     "off-policy": {"expert_replacement": True},
-    # + hints in the system prompt of 2 of 8 rollouts.
-    "hint": {"hint_rollouts": 2},
+    # + hints in the system prompt of 2 of 8 rollouts, from a warm start that has seen hinted prompts
+    # (200 more SFT steps, half hinted): from the plain one, hinted rollouts succeeded 2% against 45%
+    # and both pilots collapsed by step 27 (docs/reproduction.md, round 25)
+    "hint": {"hint_rollouts": 2, "hint_sft_steps": 200},
     # Not a recipe of the paper: the LR is multiplied 10x from step 40, for testing detectors.
     "fault-lr-spike": {"fault_lr_spike_at": 40},
 }

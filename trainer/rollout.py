@@ -82,9 +82,12 @@ class Rollout:
         return int(self.truth.get("tool_errors", 0))
 
 
-def expert_rollout(fmt: ChatFormat, task: env.Task, group: int = -1, sample: int = -1) -> Rollout:
-    """The expert trajectory laid out exactly as a sampled rollout would be (teacher forcing)."""
-    ro = Rollout(task, group, sample, "expert", fmt.prompt_ids(task))
+def expert_rollout(
+    fmt: ChatFormat, task: env.Task, group: int = -1, sample: int = -1, hint: bool = False
+) -> Rollout:
+    """The expert trajectory laid out exactly as a sampled rollout would be (teacher forcing); `hint`
+    puts the hint line in its prompt (for SFT only: an expert row in a group keeps the plain prompt)."""
+    ro = Rollout(task, group, sample, "expert", fmt.prompt_ids(task, hint=hint))
     episode = env.Episode(task, max_turns=len(task.expert_calls) + 1)
     for message in env.expert_messages(task):
         if message["role"] == "assistant":

@@ -22,8 +22,10 @@ def sft_loss(model: torch.nn.Module, rollouts: list[Rollout], pad_id: int, devic
     return -(logp * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def expert_batch(fmt: ChatFormat, rng: random.Random, size: int) -> list[Rollout]:
-    return [expert_rollout(fmt, env.make_task("train", rng.randrange(env.TRAIN_TASKS))) for _ in range(size)]
+def expert_batch(fmt: ChatFormat, rng: random.Random, size: int, hint_share: float = 0.0) -> list[Rollout]:
+    """`size` expert trajectories of random training tasks; a `hint_share` of them under the hinted prompt."""
+    tasks = [env.make_task("train", rng.randrange(env.TRAIN_TASKS)) for _ in range(size)]
+    return [expert_rollout(fmt, task, hint=hint_share > 0 and rng.random() < hint_share) for task in tasks]
 
 
 def train_sft(
@@ -36,16 +38,21 @@ def train_sft(
     seed: int,
     device,
     progress=None,
+    hint_share: float = 0.0,
 ) -> list[float]:
-    """Warm start: AdamW with a cosine schedule over `steps`; returns the loss per step."""
+    """Warm start (and hint adaptation): AdamW with a one-cycle schedule over `steps`; returns the loss
+    per step."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    # 10% warm-up, at least 2 steps (at exactly 1, OneCycleLR divides by zero)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=steps, pct_start=max(0.1, 2 / steps)
+    )
     model.train()
     losses = []
     for _ in range(steps):
-        loss = sft_loss(model, expert_batch(fmt, rng, batch_size), fmt.pad_id, device)
+        loss = sft_loss(model, expert_batch(fmt, rng, batch_size, hint_share), fmt.pad_id, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -23,7 +23,7 @@ from collapsewatch.trainer.grpo import GRPOState, control_probe, grpo_step
 from collapsewatch.trainer.rollout import ChatFormat, RolloutSpec, expert_rollout, generate
 from collapsewatch.trainer.sft import expert_batch, sft_loss, train_sft
 from collapsewatch.trainer.tokenizer import CONTROL_TOKENS
-from collapsewatch.trainer.train import train
+from collapsewatch.trainer.train import load_policy, train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -104,6 +104,31 @@ def test_sft_lowers_the_loss(tok):
     with torch.no_grad():
         after = sft_loss(model, held_out, fmt.pad_id, "cpu").item()
     assert after < before - 0.5
+
+
+def test_hint_adaptation_teaches_the_hinted_prompt_and_is_cached_apart(tok, tiny_cfg):
+    fmt = ChatFormat(tok)
+    mixed = expert_batch(fmt, random.Random(5), 16, hint_share=0.5)
+    hinted = ["Hint:" in fmt.decode(r.prompt_ids) for r in mixed]
+    assert 0 < sum(hinted) < len(hinted)  # both prompts, so the plain one is not unlearned
+    assert not any("Hint:" in fmt.decode(r.prompt_ids) for r in expert_batch(fmt, random.Random(5), 16))
+    held_out = [r for r, h in zip(mixed, hinted, strict=True) if h]
+    base, _, base_origin = load_policy(tiny_cfg, torch.device("cpu"), 0, 1, lambda _: None)
+    cfg = tiny_cfg.override(hint_sft_steps=10, hint_sft_lr=1e-2)
+    adapted, _, origin = load_policy(cfg, torch.device("cpu"), 0, 1, lambda _: None)
+    assert (
+        origin["warm_start"] != base_origin["warm_start"] and Path(origin["warm_start"], "sft.json").exists()
+    )
+    with torch.no_grad():
+        before = sft_loss(base, held_out, fmt.pad_id, "cpu").item()
+        after = sft_loss(adapted, held_out, fmt.pad_id, "cpu").item()
+    assert after < before - 0.3
+    # the second load comes from the cache: the same weights
+    again, _, _ = load_policy(cfg, torch.device("cpu"), 0, 1, lambda _: None)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(adapted.state_dict().values(), again.state_dict().values(), strict=True)
+    )
 
 
 def test_grpo_step_moves_logprobs_in_the_direction_of_the_advantages(tok, tiny_cfg):
