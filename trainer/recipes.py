@@ -65,7 +65,7 @@ class TrainConfig:
     # SFT steps on expert trajectories, half of them hinted, on top of the warm start (cached apart), so
     # that the hint line is in distribution; 0: off (the warm start never saw a hint line)
     hint_sft_steps: int = 0
-    hint_sft_lr: float = 3e-4
+    hint_sft_lr: float = 1e-3
     err_sft_every: int = 0  # K: every K steps, SFT on expert turns of recently failed tasks (0: off)
     err_sft_window: int = 10  # "recently" = the last this many steps
     err_sft_steps: int = 2  # SFT minibatches per interleaved round
