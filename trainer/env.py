@@ -65,8 +65,14 @@ class Task:
     def num_calls(self) -> int:
         return len(self.expert_calls)
 
-    def hint(self) -> str:
-        """An offline summary of the expert trajectory, for hinted rollouts (no answers leaked)."""
+    def hint(self, style: str = "names") -> str:
+        """An offline summary of the expert trajectory, for hinted rollouts (no final answer leaked):
+        the tools to call in order ("names"), or the expert's calls themselves ("calls", the paper's
+        example calls; on this environment the names alone tell the warm start nothing it lacks)."""
+        if style == "calls":
+            key = arguments_key(self.split)
+            steps = "; then ".join(json.dumps({"name": n, key: a}) for n, a in self.expert_calls)
+            return f"Hint: the calls are {steps}. One call per turn, then answer in one short sentence."
         names = ", then ".join(name for name, _ in self.expert_calls)
         return f"Hint: call {names}, one call per turn, then answer in one short sentence."
 
@@ -415,8 +421,9 @@ def system_prompt(split: str, hint: str | None = None) -> str:
     return SYSTEM_PROMPT + "\n" + syntax + (f"\n{hint}" if hint else "")
 
 
-def initial_messages(task: Task, hint: bool = False) -> list[dict[str, str]]:
+def initial_messages(task: Task, hint: str | None = None) -> list[dict[str, str]]:
+    """System and user messages; `hint`: the hint style (Task.hint), None for the plain prompt."""
     return [
-        {"role": "system", "content": system_prompt(task.split, task.hint() if hint else None)},
+        {"role": "system", "content": system_prompt(task.split, task.hint(hint) if hint else None)},
         {"role": "user", "content": task.question},
     ]

@@ -19,6 +19,9 @@ def default_cache_dir() -> str:
     return os.environ.get("COLLAPSEWATCH_CACHE", str(Path.home() / ".cache" / "collapsewatch"))
 
 
+HINT_STYLES = ("names", "calls")  # what a hinted prompt says (env.Task.hint)
+
+
 @dataclass
 class TrainConfig:
     recipe: str = "collapse"
@@ -66,6 +69,9 @@ class TrainConfig:
     # that the hint line is in distribution; 0: off (the warm start never saw a hint line)
     hint_sft_steps: int = 0
     hint_sft_lr: float = 1e-3
+    # what a hint says: "names" (the tools to call, in order) or "calls" (the expert's calls, arguments
+    # included: the paper's example calls)
+    hint_style: str = "names"
     err_sft_every: int = 0  # K: every K steps, SFT on expert turns of recently failed tasks (0: off)
     err_sft_window: int = 10  # "recently" = the last this many steps
     err_sft_steps: int = 2  # SFT minibatches per interleaved round
@@ -127,6 +133,8 @@ class TrainConfig:
             raise UserError("hint_rollouts plus expert rollouts must leave policy rollouts in each group")
         if self.hint_sft_steps < 0:
             raise UserError("hint_sft_steps must be >= 0")
+        if self.hint_style not in HINT_STYLES:
+            raise UserError(f"hint_style must be one of {', '.join(HINT_STYLES)}, not {self.hint_style!r}")
         if self.eval_tasks < 0 or self.err_sft_batch < 1:
             raise UserError("eval_tasks >= 0 and err_sft_batch >= 1 are required")
         if self.device not in ("auto", "cpu", "cuda"):

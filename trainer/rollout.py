@@ -23,14 +23,15 @@ TOOL_RESPONSE_TEMPLATE = (
 class ChatFormat:
     """Turns messages and tool responses into token ids with the tokenizer's own chat template."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, hint_style: str = "names"):
         self.tok = tokenizer
+        self.hint_style = hint_style  # what a hinted prompt says (env.Task.hint)
         self.eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.pad_id = tokenizer.pad_token_id
 
     def prompt_ids(self, task: env.Task, hint: bool = False) -> list[int]:
         text = self.tok.apply_chat_template(
-            env.initial_messages(task, hint=hint),
+            env.initial_messages(task, hint=self.hint_style if hint else None),
             tools=env.tools_json(task.split),
             add_generation_prompt=True,
             tokenize=False,

@@ -82,7 +82,7 @@ def load_policy(
             say(
                 f"hint adaptation: {cfg.hint_sft_steps} SFT steps on expert trajectories, half of them hinted"
             )
-            _adapt_to_hints(model, ChatFormat(tok), cfg, device)
+            _adapt_to_hints(model, ChatFormat(tok, cfg.hint_style), cfg, device)
         return model, tok, {"model_path": str(cfg.model_path)}
     cache = Path(cfg.cache_dir)
     if rank == 0:
@@ -99,17 +99,21 @@ def load_policy(
         model = model_lib.build_model(cfg.model_size, tok, seed=cfg.sft_seed).to(device)
         t0 = time.perf_counter()
         losses = train_sft(
-            model, ChatFormat(tok), steps=cfg.sft_steps, lr=cfg.sft_lr, batch_size=cfg.sft_batch,
+            model, ChatFormat(tok, cfg.hint_style), steps=cfg.sft_steps, lr=cfg.sft_lr, batch_size=cfg.sft_batch,
             seed=cfg.sft_seed, device=device,
             progress=None if sft_progress is None else (lambda step, loss: sft_progress(step, loss, model)),
         )  # fmt: skip
         _save_cached(path, model, tok, {"key": key, "losses": losses, "seconds": time.perf_counter() - t0})
     if cfg.hint_sft_steps:
-        key = key | {
-            "hint_sft_steps": cfg.hint_sft_steps,
-            "hint_sft_lr": cfg.hint_sft_lr,
-            "hint_share": HINT_SHARE,
-        }
+        key = (
+            key
+            | {
+                "hint_sft_steps": cfg.hint_sft_steps,
+                "hint_sft_lr": cfg.hint_sft_lr,
+                "hint_share": HINT_SHARE,
+            }
+            | ({"hint_style": cfg.hint_style} if cfg.hint_style != "names" else {})
+        )
         hinted = warm_start_dir(cfg.cache_dir, key)
         if rank == 0 and not (hinted / "config.json").exists():
             say(
@@ -117,7 +121,7 @@ def load_policy(
             )
             model, _ = model_lib.load_pretrained(path, device)
             t0 = time.perf_counter()
-            losses = _adapt_to_hints(model, ChatFormat(tok), cfg, device)
+            losses = _adapt_to_hints(model, ChatFormat(tok, cfg.hint_style), cfg, device)
             _save_cached(
                 hinted, model, tok, {"key": key, "losses": losses, "seconds": time.perf_counter() - t0}
             )
@@ -198,7 +202,7 @@ def train(
     model, tok, origin = load_policy(cfg, device, rank, world, say)
     if rank == 0:  # only rank 0 writes run.json; a user's checkpoint can be gigabytes to hash
         origin["weights_sha256"] = model_lib.weights_digest(origin.get("model_path") or origin["warm_start"])
-    fmt = ChatFormat(tok)
+    fmt = ChatFormat(tok, cfg.hint_style)
     ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
     opt = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
+
+from collapsewatch.errors import UserError
 from collapsewatch.trainer import env
 from collapsewatch.trainer.recipes import TrainConfig
 from collapsewatch.trainer.tokenizer import train_tokenizer
@@ -87,3 +90,15 @@ def test_every_expert_turn_fits_the_default_turn_budget():
         if m["role"] == "assistant"
     )
     assert longest <= TrainConfig.max_turn_tokens
+
+
+def test_hints_name_the_tools_or_give_the_expert_calls_in_the_declared_syntax():
+    task = next(t for t in env.tasks("format_ood", 20) if t.num_calls >= 2)
+    names, calls = task.hint("names"), task.hint("calls")
+    for name, args in task.expert_calls:
+        assert name in names and json.dumps(args) not in names
+        assert json.dumps({"name": name, "parameters": args}) in calls
+    assert env.initial_messages(task, hint="calls")[0]["content"].endswith(calls)
+    assert "Hint" not in env.initial_messages(task)[0]["content"]
+    with pytest.raises(UserError, match="hint_style"):
+        TrainConfig(hint_style="answers").validate()
