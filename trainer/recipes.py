@@ -152,8 +152,9 @@ RECIPES: dict[str, dict] = {
     # + one expert trajectory per group (teacher-forced, joins the group normalisation).
     "off-policy": {"expert_replacement": True},
     # + hints in the system prompt of 2 of 8 rollouts, from a warm start that has seen hinted prompts
-    # (200 more SFT steps, half hinted): from the plain one, hinted rollouts succeeded 2% against 45%
-    # and both pilots collapsed by step 27 (docs/reproduction.md, round 25)
+    # (200 more SFT steps, half hinted; from the plain one, hinted rollouts succeeded 2% against 45%
+    # over steps 1-10). Adapted, they succeed as often as the plain ones and no more, and all 6 seeds
+    # of round 25 collapsed: a policy this small does not read a hint (docs/reproduction.md).
     "hint": {"hint_rollouts": 2, "hint_sft_steps": 200},
     # Not a recipe of the paper: the LR is multiplied 10x from step 40, for testing detectors.
     "fault-lr-spike": {"fault_lr_spike_at": 40},
