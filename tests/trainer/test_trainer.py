@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import random
@@ -115,7 +116,8 @@ def test_hint_adaptation_teaches_the_hinted_prompt_and_is_cached_apart(tok, tiny
     held_out = [r for r, h in zip(mixed, hinted, strict=True) if h]
     base, _, base_origin = load_policy(tiny_cfg, torch.device("cpu"), 0, 1, lambda _: None)
     cfg = tiny_cfg.override(hint_sft_steps=10, hint_sft_lr=1e-2)
-    adapted, _, origin = load_policy(cfg, torch.device("cpu"), 0, 1, lambda _: None)
+    said: list[str] = []
+    adapted, _, origin = load_policy(cfg, torch.device("cpu"), 0, 1, said.append)
     assert (
         origin["warm_start"] != base_origin["warm_start"] and Path(origin["warm_start"], "sft.json").exists()
     )
@@ -123,12 +125,25 @@ def test_hint_adaptation_teaches_the_hinted_prompt_and_is_cached_apart(tok, tiny
         before = sft_loss(base, held_out, fmt.pad_id, "cpu").item()
         after = sft_loss(adapted, held_out, fmt.pad_id, "cpu").item()
     assert after < before - 0.3
-    # the second load comes from the cache: the same weights
-    again, _, _ = load_policy(cfg, torch.device("cpu"), 0, 1, lambda _: None)
-    assert all(
-        torch.equal(a, b)
-        for a, b in zip(adapted.state_dict().values(), again.state_dict().values(), strict=True)
-    )
+
+    # the adaptation is SFT on the hinted mix (the same steps on plain prompts give other weights)
+    def trained(hint_share: float) -> list[torch.Tensor]:
+        model = copy.deepcopy(base)
+        train_sft(
+            model, fmt, steps=10, lr=1e-2, batch_size=cfg.sft_batch, seed=cfg.sft_seed, device="cpu",
+            hint_share=hint_share,
+        )  # fmt: skip
+        return list(model.state_dict().values())
+
+    weights = list(adapted.state_dict().values())
+    assert all(torch.equal(a, b) for a, b in zip(weights, trained(0.5), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(weights, trained(0.0), strict=True))
+    # the second load comes from the cache: nothing is trained again, and the weights are the same
+    assert any("hint adaptation" in m for m in said)
+    said.clear()
+    again, _, _ = load_policy(cfg, torch.device("cpu"), 0, 1, said.append)
+    assert not any("hint adaptation" in m for m in said)
+    assert all(torch.equal(a, b) for a, b in zip(weights, again.state_dict().values(), strict=True))
 
 
 def test_grpo_step_moves_logprobs_in_the_direction_of_the_advantages(tok, tiny_cfg):
