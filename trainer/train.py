@@ -155,13 +155,17 @@ def evaluate(
     device,
     temperature: float = 0.0,
     splits: Sequence[str] = EVAL_SPLITS,
+    hint: bool = False,
+    repeats: int = 1,
 ) -> dict[str, float]:
     """Success on held-out in-distribution, format-OOD and content-OOD tasks (greedy by default), or
-    on the `splits` named (keys of EVAL_SPLITS)."""
+    on the `splits` named (keys of EVAL_SPLITS); `hint`: every prompt carries the hint line (in
+    `fmt`'s hint style); `repeats`: rollouts per task (for sampling)."""
     out = {}
     for name in splits:
         split = EVAL_SPLITS[name]
-        specs = [RolloutSpec(t, i, 0) for i, t in enumerate(env.tasks(split, cfg.eval_tasks))]
+        tasks = env.tasks(split, cfg.eval_tasks)
+        specs = [RolloutSpec(t, i, 0, hint=hint) for i, t in enumerate(tasks)] * repeats
         gen = torch.Generator(device=device).manual_seed(1234)
         ros = generate(
             policy, fmt, specs, max_turns=cfg.max_turns, max_turn_tokens=cfg.max_turn_tokens,
