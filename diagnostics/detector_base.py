@@ -104,6 +104,13 @@ class MonitorConfig:
     success_min_peak: float = 0.2  # success rate: a lower peak is too noisy to collapse from
     tool_rate_drop: float = 0.5
     tool_rate_min_peak: float = 0.2  # tool calls per rollout
+    # success slide (family "slide", off at 0): the 5-step success mean below this share of its peak
+    # while the 5-step entropy mean is above slide_entropy_rise x its warm-up mean, on slide_persist
+    # consecutive steps, in a run without an SFT loss; it stands in for the structure family in the
+    # verdict. 0.6 / 1.5 / 2 is rule F, pre-registered as round 27 of docs/detection.md
+    slide_success_drop: float = 0.0
+    slide_entropy_rise: float = 1.5
+    slide_persist: int = 2
     # exploration
     entropy_floor: float = 0.02  # nats
     entropy_drop: float = 0.25  # share of the warm-up median
@@ -138,6 +145,8 @@ class MonitorConfig:
             raise ValueError(
                 f"structure_measure must be one of {', '.join(STRUCTURE_MEASURES)}, not {self.structure_measure!r}"
             )
+        if self.slide_persist < 1:
+            raise ValueError(f"slide_persist must be at least 1, not {self.slide_persist}")
         k, n = self.sft_structure_persist_k, self.sft_structure_persist_n
         if (k, n) != (0, 0) and not 0 < k <= n:
             raise ValueError(f"sft_structure_persist_k/_n must be 0/0 or 0 < k <= n, not {k}/{n}")

@@ -27,6 +27,7 @@ from collapsewatch.diagnostics.detector_base import Detector, MonitorConfig
 from collapsewatch.diagnostics.features import StepFeatures, step_features
 from collapsewatch.diagnostics.probe_drift import ProbeDrift, ProbeTextDrift
 from collapsewatch.diagnostics.sinks import Sink
+from collapsewatch.diagnostics.success_slide import SuccessSlide
 from collapsewatch.diagnostics.training_detectors import (
     ClipSaturation,
     EntropyCollapse,
@@ -58,6 +59,7 @@ def build_detectors(config: MonitorConfig, control_tokens: list[str] | None = No
         StructuralShift(config),
         BrokenModeGroups(config),
         SuccessCollapse(config),
+        SuccessSlide(config),
         ToolCallRateCollapse(config),
         EntropyCollapse(config),
         ZeroAdvantageGroups(config),

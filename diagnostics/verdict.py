@@ -10,7 +10,8 @@ family, was round 15's default, and a run without a reference probe is judged wi
 A family counts while its condition holds, not only on the step it alerted: a detector alerts once per episode, and a
 success slide that alerted 8 steps ago and is still under way is still evidence. Non-finite values
 page on their own, and so, when `probe_text_page_fold` (or `_delta`) is set, does the expert-text drift on the
-reference probe (probe_drift.py): one family, which its message says. Confidence is a plain heuristic: the number of agreeing families over three
+reference probe (probe_drift.py): one family, which its message says. The success slide (success_slide.py,
+off by default) stands in for the structure family when that one is required. Confidence is a plain heuristic: the number of agreeing families over three
 (one 33%, two 67%, three or more 100%).
 """
 
@@ -34,7 +35,11 @@ _FAMILY_LABEL = {
     "optimization": "optimizer statistics",
     "length": "rollout length",
     "signal": "thin reward spread in the groups",
+    "slide": "task success sliding while entropy rises",
 }
+# A family that stands in for a required one: the success slide pages a collapse that loses success
+# before its format, which the structure family sees only after the onset (docs/detection.md, item 27)
+_STANDS_IN = {"slide": "structure"}
 # Families that can only gate a page (be required), never count towards `verdict_min_families`: the
 # learning signal thins in supervised runs that hold as well (docs/detection.md, item 22).
 _GATE_ONLY = {"signal"}
@@ -93,7 +98,8 @@ class CombinedVerdict:
         agreeing = sorted(holding - _GATE_ONLY)
         self.confidence = min(1.0, len(agreeing) / 3.0)
         required = set(c.verdict_requires) | (set(c.verdict_requires_if_seen) & self.families_seen)
-        if len(agreeing) < c.verdict_min_families or not required <= holding:
+        satisfied = holding | {_STANDS_IN[f] for f in holding if f in _STANDS_IN}
+        if len(agreeing) < c.verdict_min_families or not required <= satisfied:
             return []
         if self.last_page is not None and step - self.last_page < c.verdict_cooldown:
             return []

@@ -46,3 +46,27 @@ def test_a_page_in_an_sft_run_asks_for_patience_first():
     plain = _pages("r23/collapse-s120.parquet", {})[0]
     assert plain.evidence["sft_supervised"] is False
     assert "Act now" in plain.message and "SFT loss" not in plain.message
+
+
+RULE_LS = {**RULE_S, "signal_mixed_max": 0.6, "verdict_requires_if_seen": ("signal",)}
+RULE_LSF = {**RULE_LS, "slide_success_drop": 0.6}
+
+
+@pytest.mark.parametrize(
+    ("archive", "ls_page", "lsf_page"),
+    [
+        ("r26/collapse-s150.parquet", 37, 33),  # lost success first (onset 33): F pages at the onset
+        ("r21/collapse-s100.parquet", 42, 35),  # a slow slide (onset 35), format late
+        ("r26/collapse-s151.parquet", 17, 17),  # structure first: F changes nothing
+        ("r26/off-policy-s151.parquet", None, None),  # slid across at 40 with mixed groups: the gate holds
+        ("r26/sync-sft-s151.parquet", None, None),  # logs an SFT loss: F is not evaluated
+    ],
+)
+def test_success_slide_on_archived_runs(archive, ls_page, lsf_page):
+    """Rule F (docs/detection.md, item 27) on runs it was chosen on: it pages collapses that lost
+    success before their format, at their onset, and no supervised run."""
+    assert _page(archive, RULE_LS) == ls_page
+    assert _page(archive, RULE_LSF) == lsf_page
+    if lsf_page is not None and lsf_page != ls_page:
+        families = _pages(archive, RULE_LSF)[0].evidence["families"]
+        assert "slide" in families and "structure" not in families

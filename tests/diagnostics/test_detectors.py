@@ -22,6 +22,7 @@ from collapsewatch.diagnostics.control_spike import ControlTokenSpike
 from collapsewatch.diagnostics.detector_base import MonitorConfig
 from collapsewatch.diagnostics.features import step_features
 from collapsewatch.diagnostics.probe_drift import ProbeDrift, ProbeTextDrift
+from collapsewatch.diagnostics.success_slide import SuccessSlide
 from collapsewatch.diagnostics.training_detectors import (
     ClipSaturation,
     EntropyCollapse,
@@ -85,6 +86,19 @@ def broken_mode_step(rng, bad):
 
 def success_step(rng, bad):
     return {"success/rate": float(np.clip(rng.normal(0.15 if bad else 0.8, 0.04), 0, 1))}, None
+
+
+def slide_step(rng, bad, entropy_rises=True):
+    success = float(np.clip(rng.normal(0.15 if bad else 0.5, 0.04), 0, 1))
+    return {
+        "success/rate": success,
+        "entropy/mean": jitter(rng, 0.12 if bad and entropy_rises else 0.05, 0.05),
+    }, None
+
+
+def slide_on(config: MonitorConfig) -> SuccessSlide:
+    """The success slide with rule F's threshold (off by default)."""
+    return SuccessSlide(dataclasses.replace(config, slide_success_drop=0.6))
 
 
 def tool_rate_step(rng, bad):
@@ -170,6 +184,7 @@ DETECTORS = [
     (StructuralShift, structure_step, "structural_shift"),
     (BrokenModeGroups, broken_mode_step, "broken_mode_groups"),
     (SuccessCollapse, success_step, "success_collapse"),
+    (slide_on, slide_step, "success_slide"),
     (ToolCallRateCollapse, tool_rate_step, "tool_call_rate"),
     (EntropyCollapse, entropy_low_step, "entropy_collapse"),
     (EntropyCollapse, entropy_high_step, "entropy_spike"),
@@ -564,6 +579,55 @@ def test_verdict_counts_a_family_while_its_condition_holds():
     alerts_only = CombinedVerdict(MonitorConfig())  # counting alerts alone, the slide is stale by 28
     alerts_only.update(20, [_warning(20, "outcome")], families)
     assert alerts_only.update(28, [_warning(28, "structure")], families) == []
+
+
+def _slide_run(detector, entropy_rises=True, scalars=None, seed=0):
+    rng = np.random.default_rng(seed)
+    alerts = []
+    for step in range(80):
+        row, _ = slide_step(rng, step >= 40, entropy_rises)
+        alerts += detector.update(step_features(step, {**row, **(scalars or {})}, None))
+    return alerts
+
+
+def test_success_slide_needs_rising_entropy_and_stays_out_of_sft_runs():
+    """Rule F (docs/detection.md, item 27): success falling alone is what supervised runs that hold
+    do too; the slide needs the entropy up as well, is off by default, and is not evaluated once
+    the run logs an SFT loss (rule S's patience applies there)."""
+    for seed in range(3):
+        fired = _slide_run(slide_on(CONFIG), seed=seed)
+        assert [a.detector for a in fired] == ["success_slide"] and 41 <= fired[0].step <= 46
+        assert fired[0].family == "slide" and "warm-up mean" in fired[0].message
+        assert fired[0].evidence["entropy"] > 1.5 * fired[0].evidence["entropy_warmup"]
+        assert _slide_run(slide_on(CONFIG), entropy_rises=False, seed=seed) == []
+        assert _slide_run(slide_on(CONFIG), scalars={"sft/joint_loss": 0.1}, seed=seed) == []
+        off = SuccessSlide(CONFIG)
+        assert _slide_run(off, seed=seed) == [] and off.seen == 0
+    with pytest.raises(ValueError, match="slide_persist"):
+        MonitorConfig(slide_persist=0)
+
+
+def test_verdict_lets_the_success_slide_stand_in_for_the_structure_family():
+    """Without a structural shift, task success plus the slide pages; success with control tokens
+    does not (the default's requirement stands), and under the learning-signal gate the slide waits
+    for the groups to thin like any other page."""
+    seen = {"outcome", "slide", "control", "structure"}
+    verdict = CombinedVerdict(MonitorConfig())
+    assert verdict.update(30, [_warning(30, "outcome"), _warning(30, "control")], seen) == []
+    page = verdict.update(
+        31, [_warning(31, "slide")], seen, {"success_collapse": "outcome", "success_slide": "slide"}
+    )
+    assert page and page[0].evidence["families"] == ["control", "outcome", "slide"]
+    assert "task success sliding while entropy rises" in page[0].message
+    lone = CombinedVerdict(MonitorConfig())  # the slide is one family, not two
+    assert lone.update(30, [_warning(30, "slide")], seen) == []
+
+    gated = MonitorConfig(signal_mixed_max=0.6, verdict_requires_if_seen=("signal",))
+    mixed = CombinedVerdict(gated)
+    assert mixed.update(30, [_warning(30, "outcome"), _warning(30, "slide")], seen | {"signal"}) == []
+    thin = CombinedVerdict(gated)
+    held = {"success_collapse": "outcome", "success_slide": "slide", "learning_signal": "signal"}
+    assert thin.update(30, [_warning(30, "slide")], seen | {"signal"}, held)
 
 
 def test_broken_mode_groups_needs_whole_groups_not_the_same_share_scattered():
