@@ -54,6 +54,8 @@ LOST_CALLS = {"structure_measure": "not_tool_call"}
 # round 24's S: in a run that logs an SFT loss, the structural shift must hold on 4 of 4 steps
 SFT_PERSIST = {"sft_structure_persist_k": 4, "sft_structure_persist_n": 4}
 TEXT_GATE = {"verdict_requires_if_seen": ("drift",)}
+# round 27's F: the success slide (success below 0.6 of its peak while entropy rises) stands in for structure
+SUCCESS_SLIDE = {"slide_success_drop": 0.6}
 OUR_SETTINGS = {
     "A": {**ROUND7, "structure_cusum_k": 0.5, "structure_cusum_h": 5.0, "structure_min_rise": 0.10},
     "B": {**ROUND7, "structure_cusum_k": 1.0, "structure_cusum_h": 5.0},
@@ -67,6 +69,7 @@ OUR_SETTINGS = {
     "C on lost tool calls + learning-signal gate": {**ROUND7, **LOST_CALLS, **SIGNAL_GATE},
     "C + SFT persistence": {**ROUND7, **SFT_PERSIST},
     "C + learning-signal gate + SFT persistence": {**ROUND7, **SIGNAL_GATE, **SFT_PERSIST},
+    "C + learning-signal gate + SFT persistence + success slide": {**ROUND7, **SIGNAL_GATE, **SFT_PERSIST, **SUCCESS_SLIDE},
 }  # fmt: skip
 # Alternatives that differ only on runs with a reference probe; score them on such runs with
 # `--probe-settings`. Round 7's: the probe paging alone. Round 8's rule (D plus the expert-text gate)
