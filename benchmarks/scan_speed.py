@@ -7,8 +7,8 @@ real RunWriter, then times:
                     the 10M token rows with DuckDB (what happens for runs without ctrl/... scalars)
   * live_ms_per_step: LiveMonitor.update per step with 64 and 256 rollouts, fed plain columns as the
                     hook feeds it (budget: 5 ms); fed a DataFrame, as the hook did before; with
-                    the expert-row gate on, as the bundled `off-policy` recipe runs it; and with
-                    round 24's SFT window on, in a run that logs an SFT loss
+                    the expert-row gate on, as the bundled `off-policy` recipe runs it; with
+                    round 24's SFT window on, in a run that logs an SFT loss; and with LSF on
 Prints a JSON object as its last line. Usage: .venv/bin/python benchmarks/scan_speed.py [--steps 1000]
 """
 
@@ -34,7 +34,8 @@ def live_cost(rollouts: int, steps: int = 120) -> dict[str, float]:
     plain columns), and, interleaved step by step, fed a DataFrame built from those columns (what
     the hook did before; the frame's construction is counted, as the hook paid it), and fed columns
     with the expert-row gate on (what the bundled `off-policy` recipe runs), and fed columns of a run
-    that logs an SFT loss with round 24's SFT window on (rule S, an option)."""
+    that logs an SFT loss with round 24's SFT window on (rule S, an option), and with LSF on (rounds
+    26-28: the gate, the SFT window and the success slide)."""
     import pandas as pd
 
     from collapsewatch.diagnostics.detector_base import EXPERT_ROW_GATE
@@ -54,6 +55,15 @@ def live_cost(rollouts: int, steps: int = 120) -> dict[str, float]:
         "frame": LiveMonitor(),
         "gated": LiveMonitor(config=EXPERT_ROW_GATE),
         "sft window": LiveMonitor(config={"sft_structure_persist_k": 4, "sft_structure_persist_n": 4}),
+        # LSF (docs/detection.md, rounds 26-28): the gate, the SFT window and the success slide
+        "lsf": LiveMonitor(
+            config={
+                **EXPERT_ROW_GATE,
+                "sft_structure_persist_k": 4,
+                "sft_structure_persist_n": 4,
+                "slide_success_drop": 0.6,
+            }
+        ),
     }
     times: dict[str, list[float]] = {path: [] for path in monitors}
     order = list(monitors)
@@ -139,6 +149,7 @@ def main() -> None:
             round(live64["sft window"], 2),
             round(live256["sft window"], 2),
         ],
+        "live_ms_per_step_lsf_64_256": [round(live64["lsf"], 2), round(live256["lsf"], 2)],
     }
     if not args.root:
         shutil.rmtree(root, ignore_errors=True)
