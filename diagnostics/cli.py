@@ -1,4 +1,4 @@
-"""`collapsewatch scan RUN [--json] [--set KEY=VALUE ...]` and `collapsewatch report RUN -o FILE.html`."""
+"""`collapsewatch scan RUN [--json] [--preset NAME] [--set KEY=VALUE ...]` and `collapsewatch report RUN -o FILE.html`."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ from pathlib import Path
 from collapsewatch.errors import UserError
 
 
-def _config(pairs: list[str]):
-    """The detectors' MonitorConfig with the `--set KEY=VALUE` settings (docs/detectors.md), or a
-    one-line UserError."""
-    from collapsewatch.diagnostics.detector_base import MonitorConfig
+def _config(pairs: list[str], preset: str = "A"):
+    """The detectors' MonitorConfig: a named preset (docs/detection.md, "In short"), then the `--set
+    KEY=VALUE` settings on top (docs/detectors.md), or a one-line UserError."""
+    from collapsewatch.diagnostics.detector_base import PRESETS, MonitorConfig
 
     try:
-        return MonitorConfig.from_any(dict(MonitorConfig.parse_setting(p) for p in pairs))
+        return MonitorConfig.from_any(
+            {**PRESETS[preset], **dict(MonitorConfig.parse_setting(p) for p in pairs)}
+        )
     except ValueError as exc:
         raise UserError(str(exc)) from None
 
@@ -37,7 +39,7 @@ def _scan_or_user_error(path: str, config=None):
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
-    findings = _scan_or_user_error(args.run, _config(args.set))
+    findings = _scan_or_user_error(args.run, _config(args.set, args.preset))
     if args.json:
         print(json.dumps(findings.to_dict(), indent=2, sort_keys=False))
         return 0
@@ -82,7 +84,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise UserError(f"output {out} is a directory; give a file name such as report.html")
     if not out.parent.exists():
         raise UserError(f"output folder {out.parent} does not exist")
-    findings = _scan_or_user_error(args.run, _config(args.set))
+    findings = _scan_or_user_error(args.run, _config(args.set, args.preset))
     try:
         report(args.run, out, findings=findings)
     except UserError:
@@ -115,6 +117,14 @@ def register(subparsers) -> None:
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--preset",
+        type=str.upper,
+        choices=["A", "L", "S", "LS", "LSF"],
+        default="A",
+        help="a named setting from docs/detection.md: A (round 7's rule, the default), L (expert row in every "
+        "group), S (SFT-supervised), LS, LSF (LS plus the success slide); --set applies on top",
+    )
     p.add_argument(
         "--set",
         action="append",

@@ -18,6 +18,17 @@ STRUCTURE_MEASURES = ("broken", "not_tool_call")  # the shares StructuralShift c
 EXPERT_ROW_GATE: Mapping[str, Any] = MappingProxyType(
     {"signal_mixed_max": 0.6, "verdict_requires_if_seen": ("signal",)}
 )
+_SFT_WINDOW = {"sft_structure_persist_k": 4, "sft_structure_persist_n": 4}
+# The settings docs/detection.md scores ("In short"), by name, for `--preset` and `Recorder(detectors=...)`:
+# A is round 7's rule (the default), L the gate above, S a longer structure window once a run logs
+# an SFT loss, F the success slide. Held-out figures for each are in that table.
+PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "A": MappingProxyType({}),
+    "L": EXPERT_ROW_GATE,
+    "S": MappingProxyType(_SFT_WINDOW),
+    "LS": MappingProxyType({**EXPERT_ROW_GATE, **_SFT_WINDOW}),
+    "LSF": MappingProxyType({**EXPERT_ROW_GATE, **_SFT_WINDOW, "slide_success_drop": 0.6}),
+})  # fmt: skip
 
 
 @dataclass(frozen=True)

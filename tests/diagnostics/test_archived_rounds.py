@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from collapsewatch.diagnostics.detector_base import PRESETS
 from collapsewatch.diagnostics.feature_archive import load_archive
 from collapsewatch.diagnostics.scan import first_critical_step, replay_features
 
 ARCHIVES = Path(__file__).resolve().parents[2] / "docs" / "data" / "features"
-RULE_S = {"sft_structure_persist_k": 4, "sft_structure_persist_n": 4}
+RULE_S = dict(PRESETS["S"])
 
 
 def _pages(archive: str, config: dict) -> list:
@@ -48,8 +49,7 @@ def test_a_page_in_an_sft_run_asks_for_patience_first():
     assert "Act now" in plain.message and "SFT loss" not in plain.message
 
 
-RULE_LS = {**RULE_S, "signal_mixed_max": 0.6, "verdict_requires_if_seen": ("signal",)}
-RULE_LSF = {**RULE_LS, "slide_success_drop": 0.6}
+RULE_LS, RULE_LSF = dict(PRESETS["LS"]), dict(PRESETS["LSF"])
 
 
 @pytest.mark.parametrize(
