@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from collapsewatch.diagnostics.baseline import RobustBaseline, log10_prob, logit_rate, positive_log
-from collapsewatch.diagnostics.detector_base import MonitorConfig
+from collapsewatch.diagnostics.detector_base import PRESETS, MonitorConfig
 from collapsewatch.diagnostics.feature_archive import load_archive, save_archive
 from collapsewatch.diagnostics.features import StepFeatures, parse_control_stat
 from collapsewatch.diagnostics.onset import collapse_onset, success_series
@@ -374,6 +374,13 @@ def main() -> None:
         "--warmup", type=int, default=WARMUP, help="warm-up steps (detectors, baseline, first moves)"
     )
     ap.add_argument(
+        "--preset",
+        type=str.upper,
+        choices=sorted(PRESETS),
+        default="A",
+        help="a named setting (docs/detection.md, 'In short'); --set applies on top",
+    )
+    ap.add_argument(
         "--set",
         action="append",
         default=[],
@@ -381,7 +388,7 @@ def main() -> None:
         help="other MonitorConfig overrides, e.g. --set ctrl_page_series=2 --set verdict_requires= (tuples comma-separated)",
     )
     args = ap.parse_args()
-    overrides = dict(MonitorConfig.parse_setting(kv) for kv in args.set)
+    overrides = {**PRESETS[args.preset], **dict(MonitorConfig.parse_setting(kv) for kv in args.set)}
     monitor_config = {"warmup": args.warmup, **overrides}
     max_classified = MonitorConfig.from_any(monitor_config).max_classified
     root = Path(args.root)

@@ -45,3 +45,18 @@ def test_detection_eval_reads_archives_in_place_of_runs(tmp_path):
         assert {k: v for k, v in a.items() if k not in strip} == {
             k: v for k, v in b.items() if k not in strip
         }
+
+
+def test_detection_eval_preset_is_its_settings():
+    """`--preset LSF` scores round 28's archives exactly as the flags round 28 was scored with
+    (docs/data/deteval28slide-heldout.json)."""
+    archives = BENCHMARKS.parent / "docs" / "data" / "features" / "r28"
+    cmd = [sys.executable, str(BENCHMARKS / "detection_eval.py"), "--root", str(archives), "--seeds",
+           *map(str, range(170, 178)), "--collapsing", "collapse", "--stable", "off-policy", "sync-sft",
+           "interleaved", "--plots", "", "--preset", "lsf"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    by_preset = json.loads(done.stdout.strip().splitlines()[-1])
+    recorded = json.loads((BENCHMARKS.parent / "docs" / "data" / "deteval28slide-heldout.json").read_text())
+    by_preset.pop("root"), recorded.pop("root")  # the folder read differs, nothing else
+    assert by_preset == recorded
+    assert by_preset["config_overrides"]["slide_success_drop"] == 0.6
