@@ -38,6 +38,7 @@ from detection_eval import (
 )
 from rich.progress import track
 
+from collapsewatch.diagnostics.detector_base import PRESETS
 from collapsewatch.diagnostics.onset import collapse_onset
 from collapsewatch.diagnostics.scan import first_critical_step, replay_features
 
@@ -49,13 +50,13 @@ from collapsewatch.diagnostics.scan import first_critical_step, replay_features
 ROUND7 = {"verdict_requires_if_seen": (), "probe_text_fold": 2.0, "probe_text_page_fold": 0.0}
 SETTING_D = {**ROUND7, "structure_cusum_k": 1.5, "structure_cusum_h": 5.0}
 # round 22's learning-signal gate: the page waits until at most 60% of the groups have a reward spread
-SIGNAL_GATE = {"signal_mixed_max": 0.6, "verdict_requires_if_seen": ("signal",)}
+SIGNAL_GATE = dict(PRESETS["L"])
 LOST_CALLS = {"structure_measure": "not_tool_call"}
 # round 24's S: in a run that logs an SFT loss, the structural shift must hold on 4 of 4 steps
-SFT_PERSIST = {"sft_structure_persist_k": 4, "sft_structure_persist_n": 4}
+SFT_PERSIST = dict(PRESETS["S"])
 TEXT_GATE = {"verdict_requires_if_seen": ("drift",)}
 # round 27's F: the success slide (success below 0.6 of its peak while entropy rises) stands in for structure
-SUCCESS_SLIDE = {"slide_success_drop": 0.6}
+SUCCESS_SLIDE = {k: v for k, v in PRESETS["LSF"].items() if k not in PRESETS["LS"]}
 OUR_SETTINGS = {
     "A": {**ROUND7, "structure_cusum_k": 0.5, "structure_cusum_h": 5.0, "structure_min_rise": 0.10},
     "B": {**ROUND7, "structure_cusum_k": 1.0, "structure_cusum_h": 5.0},

@@ -38,7 +38,7 @@ def live_cost(rollouts: int, steps: int = 120) -> dict[str, float]:
     26-28: the gate, the SFT window and the success slide)."""
     import pandas as pd
 
-    from collapsewatch.diagnostics.detector_base import EXPERT_ROW_GATE
+    from collapsewatch.diagnostics.detector_base import PRESETS
     from collapsewatch.diagnostics.live import LiveMonitor
     from collapsewatch.diagnostics.synthetic import synthetic_run
 
@@ -53,17 +53,10 @@ def live_cost(rollouts: int, steps: int = 120) -> dict[str, float]:
     monitors = {
         "columns": LiveMonitor(),
         "frame": LiveMonitor(),
-        "gated": LiveMonitor(config=EXPERT_ROW_GATE),
-        "sft window": LiveMonitor(config={"sft_structure_persist_k": 4, "sft_structure_persist_n": 4}),
+        "gated": LiveMonitor(config=PRESETS["L"]),
+        "sft window": LiveMonitor(config=PRESETS["S"]),
         # LSF (docs/detection.md, rounds 26-28): the gate, the SFT window and the success slide
-        "lsf": LiveMonitor(
-            config={
-                **EXPERT_ROW_GATE,
-                "sft_structure_persist_k": 4,
-                "sft_structure_persist_n": 4,
-                "slide_success_drop": 0.6,
-            }
-        ),
+        "lsf": LiveMonitor(config=PRESETS["LSF"]),
     }
     times: dict[str, list[float]] = {path: [] for path in monitors}
     order = list(monitors)

@@ -8,6 +8,9 @@ from pathlib import Path
 
 from collapsewatch.errors import UserError
 
+# detector_base.PRESETS' names, spelled out so that building the parser imports no detector code
+PRESET_NAMES = ("A", "L", "S", "LS", "LSF")
+
 
 def _config(pairs: list[str], preset: str = "A"):
     """The detectors' MonitorConfig: a named preset (docs/detection.md, "In short"), then the `--set
@@ -120,7 +123,7 @@ def _add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
         type=str.upper,
-        choices=["A", "L", "S", "LS", "LSF"],
+        choices=PRESET_NAMES,
         default="A",
         help="a named setting from docs/detection.md: A (round 7's rule, the default), L (expert row in every "
         "group), S (SFT-supervised), LS, LSF (LS plus the success slide); --set applies on top",
