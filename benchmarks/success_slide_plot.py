@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 from detection_eval import features_table, read_run, run_dir, save_figure, success_of
 
-from collapsewatch.diagnostics.detector_base import MonitorConfig
+from collapsewatch.diagnostics.detector_base import PRESETS, MonitorConfig
 from collapsewatch.diagnostics.features import StepFeatures
 from collapsewatch.diagnostics.onset import collapse_onset
 from collapsewatch.diagnostics.success_slide import SuccessSlide
 
-RULE_F = {"slide_success_drop": 0.6}
+RULE_F = {k: v for k, v in PRESETS["LSF"].items() if k not in PRESETS["LS"]}  # the slide's own setting
 
 
 @dataclasses.dataclass
@@ -89,8 +89,8 @@ def plot(traces: list[SlideTrace], config: MonitorConfig, path: Path, label: str
         ("collapsing recipes, up to the onset (x)", [t for t in traces if t.collapsing]),
         ("the other recipes, all steps", [t for t in traces if not t.collapsing]),
     )
-    shown = [_shown(t) for t in traces]
-    x_max = max([3.0] + [float(x.max()) for x, _ in shown if len(x)])
+    shown = {t.name: _shown(t) for t in traces}
+    x_max = max([3.0] + [float(x.max()) for x, _ in shown.values() if len(x)])
     for ax, (title, members) in zip(axes, groups, strict=True):
         ax.add_patch(
             Rectangle(
@@ -102,7 +102,7 @@ def plot(traces: list[SlideTrace], config: MonitorConfig, path: Path, label: str
             )
         )
         for t in members:
-            x, y = _shown(t)
+            x, y = shown[t.name]
             colour = "tab:red" if t.collapsing else ("tab:gray" if t.sft else "tab:blue")
             ax.plot(x, y, lw=0.7, alpha=0.6, color=colour, ls="--" if t.sft else "-")
             if t.collapsing and t.onset is not None and len(x):
@@ -144,6 +144,7 @@ def main() -> None:
     args = ap.parse_args()
     config = MonitorConfig(**RULE_F)
     traces: list[SlideTrace] = []
+    rows: list[dict] = []
     for root in map(Path, args.root):
         for recipe in [*args.collapsing, *args.stable]:
             for seed in args.seeds:
@@ -154,16 +155,13 @@ def main() -> None:
                 onset = collapse_onset(table["step"].to_numpy(), success_of(table)[0])
                 name = f"{root.name}/{run_dir(root, recipe, seed).name}"
                 traces.append(trace(name, recipe in args.collapsing, found[1], onset, config))
-                print(json.dumps(summary(traces[-1], config)))
+                rows.append(summary(traces[-1], config))
+                print(json.dumps(rows[-1]))
     if not traces:
         raise SystemExit("no runs under those roots, recipes and seeds")
     if args.plot:
         plot(traces, config, Path(args.plot), args.label)
-    print(
-        json.dumps(
-            {"benchmark": "success_slide_plot", "rule": RULE_F, "runs": [summary(t, config) for t in traces]}
-        )
-    )
+    print(json.dumps({"benchmark": "success_slide_plot", "rule": RULE_F, "runs": rows}))
 
 
 if __name__ == "__main__":
