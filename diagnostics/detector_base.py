@@ -118,7 +118,8 @@ class MonitorConfig:
     # success slide (family "slide", off at 0): the 5-step success mean below this share of its peak
     # while the 5-step entropy mean is above slide_entropy_rise x its warm-up mean, on slide_persist
     # consecutive steps, in a run without an SFT loss; it stands in for the structure family in the
-    # verdict. 0.6 / 1.5 / 2 is rule F, pre-registered as round 27 of docs/detection.md
+    # verdict, counting as one family with task success. 0.6 / 1.5 / 2 is rule F, pre-registered as
+    # round 27 of docs/detection.md; slide_entropy_rise 0 turns the entropy condition off (item 29)
     slide_success_drop: float = 0.0
     slide_entropy_rise: float = 1.5
     slide_persist: int = 2
@@ -156,6 +157,8 @@ class MonitorConfig:
             raise ValueError(
                 f"structure_measure must be one of {', '.join(STRUCTURE_MEASURES)}, not {self.structure_measure!r}"
             )
+        if self.slide_entropy_rise < 0:
+            raise ValueError(f"slide_entropy_rise must be >= 0 (0: no entropy condition), not {self.slide_entropy_rise}")
         if self.slide_persist < 1:
             raise ValueError(f"slide_persist must be at least 1, not {self.slide_persist}")
         k, n = self.sft_structure_persist_k, self.sft_structure_persist_n

@@ -51,7 +51,8 @@ class SuccessSlide(Detector):
         if c.slide_success_drop <= 0:
             return []
         success, entropy = f.first(*SUCCESS_NAMES), f.first(*ENTROPY_NAMES)
-        if not (math.isfinite(success) and math.isfinite(entropy)):
+        needs_entropy = c.slide_entropy_rise > 0  # 0 turns the entropy condition off
+        if not math.isfinite(success) or (needs_entropy and not math.isfinite(entropy)):
             return []
         self.seen += 1
         mean = self.success.update(success)
@@ -68,16 +69,20 @@ class SuccessSlide(Detector):
             and math.isfinite(mean)
             and peak > c.success_min_peak
             and mean < c.slide_success_drop * peak
-            and entropy_now > c.slide_entropy_rise * entropy_warm
+            and (not needs_entropy or entropy_now > c.slide_entropy_rise * entropy_warm)
         )
         self.consecutive = self.consecutive + 1 if sliding else 0
         if self.consecutive < c.slide_persist:
             return []
+        entropy_part = (
+            f" while token entropy ({fmt(entropy_now)} nats) is {self.entropy_ratio:.1f}x its warm-up mean"
+            if needs_entropy
+            else ""
+        )
         msg = (
             f"Task success ({c.peak_window}-step mean {fmt(mean)}) is below {c.slide_success_drop:.0%} of its "
-            f"peak {fmt(peak)} while token entropy ({fmt(entropy_now)} nats) is {self.entropy_ratio:.1f}x "
-            f"its warm-up mean, for {self.consecutive} steps: a collapse that loses success before its format "
-            "breaks. Likely fix: stop or roll back, lower the learning rate, and add supervision."
+            f"peak {fmt(peak)}{entropy_part}, for {self.consecutive} steps: a collapse that loses success "
+            "before its format breaks. Likely fix: stop or roll back, lower the learning rate, and add supervision."
         )
         a = self.emit(f, "warning", msg, mean, peak, entropy=entropy_now, entropy_warmup=entropy_warm)
         return [a] if a else []

@@ -11,7 +11,8 @@ A family counts while its condition holds, not only on the step it alerted: a de
 success slide that alerted 8 steps ago and is still under way is still evidence. Non-finite values
 page on their own, and so, when `probe_text_page_fold` (or `_delta`) is set, does the expert-text drift on the
 reference probe (probe_drift.py): one family, which its message says. The success slide (success_slide.py,
-off by default) stands in for the structure family when that one is required. Confidence is a plain heuristic: the number of agreeing families over three
+off by default) stands in for the structure family when that one is required, and counts as one family
+with task success, which it reads too. Confidence is a plain heuristic: the number of agreeing families over three
 (one 33%, two 67%, three or more 100%).
 """
 
@@ -40,6 +41,9 @@ _FAMILY_LABEL = {
 # A family that stands in for a required one: the success slide pages a collapse that loses success
 # before its format, which the structure family sees only after the onset (docs/detection.md, item 27)
 _STANDS_IN = {"slide": "structure"}
+# Families that read the same series count once towards `verdict_min_families`: the slide and the
+# outcome family both read task success (docs/detection.md, item 29)
+_SAME_SIGNAL = {"slide": "outcome"}
 # Families that can only gate a page (be required), never count towards `verdict_min_families`: the
 # learning signal thins in supervised runs that hold as well (docs/detection.md, item 22).
 _GATE_ONLY = {"signal"}
@@ -96,10 +100,11 @@ class CombinedVerdict:
         recent = {name: fs for name, fs in self.active.items() if step - fs[1] < c.verdict_window}
         holding = {family for family, _ in recent.values()}
         agreeing = sorted(holding - _GATE_ONLY)
-        self.confidence = min(1.0, len(agreeing) / 3.0)
+        independent = {_SAME_SIGNAL.get(f, f) for f in agreeing}
+        self.confidence = min(1.0, len(independent) / 3.0)
         required = set(c.verdict_requires) | (set(c.verdict_requires_if_seen) & self.families_seen)
         satisfied = holding | {_STANDS_IN[f] for f in holding if f in _STANDS_IN}
-        if len(agreeing) < c.verdict_min_families or not required <= satisfied:
+        if len(independent) < c.verdict_min_families or not required <= satisfied:
             return []
         if self.last_page is not None and step - self.last_page < c.verdict_cooldown:
             return []
@@ -118,7 +123,7 @@ class CombinedVerdict:
                 f"positions (step {lead.step})."
             )
         msg = (
-            f"Collapse likely: {len(agreeing)} independent signal families agree within {c.verdict_window} steps "
+            f"Collapse likely: {len(independent)} independent signal families agree within {c.verdict_window} steps "
             f"({labels}); confidence {self.confidence:.0%}.{hint} {_ACT_UNDER_SFT if self.sft_seen else _ACT}"
         )
         return [
@@ -127,7 +132,7 @@ class CombinedVerdict:
                 detector="verdict",
                 severity="critical",
                 message=msg,
-                value=float(len(agreeing)),
+                value=float(len(independent)),
                 baseline=float(c.verdict_min_families),
                 evidence={
                     "step": step,

@@ -607,6 +607,37 @@ def test_success_slide_needs_rising_entropy_and_stays_out_of_sft_runs():
         MonitorConfig(slide_persist=0)
 
 
+def test_success_slide_without_the_entropy_condition():
+    """Item 29 of docs/detection.md: `slide_entropy_rise=0` drops the entropy condition, so a slide
+    with flat entropy alerts (and a run that logs no entropy is judged on success alone); a negative
+    rise is refused."""
+    early = dataclasses.replace(CONFIG, slide_success_drop=0.75, slide_entropy_rise=0.0, slide_persist=1)
+    for seed in range(3):
+        fired = _slide_run(SuccessSlide(early), entropy_rises=False, seed=seed)
+        assert [a.detector for a in fired] == ["success_slide"] and 40 <= fired[0].step <= 44
+        assert "entropy" not in fired[0].message
+        rng = np.random.default_rng(seed)
+        no_entropy = SuccessSlide(early)
+        steps = [{"success/rate": slide_step(rng, step >= 40)[0]["success/rate"]} for step in range(80)]
+        alerts = [a for step, row in enumerate(steps) for a in no_entropy.update(step_features(step, row, None))]
+        assert alerts and 40 <= alerts[0].step <= 44
+    with pytest.raises(ValueError, match="slide_entropy_rise"):
+        MonitorConfig(slide_entropy_rise=-1.0)
+
+
+def test_verdict_counts_the_slide_and_task_success_as_one_family():
+    """Both read task success, so together they are one family: they page only with a third family
+    that reads something else (here the control tokens), and the confidence counts them once."""
+    seen = {"outcome", "slide", "control", "structure"}
+    success_only = {"success_collapse": "outcome", "success_slide": "slide"}
+    verdict = CombinedVerdict(MonitorConfig())
+    assert verdict.update(30, [_warning(30, "outcome"), _warning(30, "slide")], seen, success_only) == []
+    page = verdict.update(31, [_warning(31, "control")], seen, {**success_only, "control_spike": "control"})
+    assert page and page[0].value == 2.0 and "2 independent signal families" in page[0].message
+    assert page[0].evidence["families"] == ["control", "outcome", "slide"]
+    assert page[0].evidence["confidence"] == pytest.approx(2 / 3)
+
+
 def test_verdict_lets_the_success_slide_stand_in_for_the_structure_family():
     """Without a structural shift, task success plus the slide pages; success with control tokens
     does not (the default's requirement stands), and under the learning-signal gate the slide waits
@@ -627,7 +658,7 @@ def test_verdict_lets_the_success_slide_stand_in_for_the_structure_family():
     assert mixed.update(30, [_warning(30, "outcome"), _warning(30, "slide")], seen | {"signal"}) == []
     thin = CombinedVerdict(gated)
     held = {"success_collapse": "outcome", "success_slide": "slide", "learning_signal": "signal"}
-    assert thin.update(30, [_warning(30, "slide")], seen | {"signal"}, held)
+    assert thin.update(30, [_warning(30, "slide")], seen | {"signal"}, {**held, "control_spike": "control"})
 
 
 def test_broken_mode_groups_needs_whole_groups_not_the_same_share_scattered():
