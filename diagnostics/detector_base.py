@@ -158,7 +158,9 @@ class MonitorConfig:
                 f"structure_measure must be one of {', '.join(STRUCTURE_MEASURES)}, not {self.structure_measure!r}"
             )
         if self.slide_entropy_rise < 0:
-            raise ValueError(f"slide_entropy_rise must be >= 0 (0: no entropy condition), not {self.slide_entropy_rise}")
+            raise ValueError(
+                f"slide_entropy_rise must be >= 0 (0: no entropy condition), not {self.slide_entropy_rise}"
+            )
         if self.slide_persist < 1:
             raise ValueError(f"slide_persist must be at least 1, not {self.slide_persist}")
         k, n = self.sft_structure_persist_k, self.sft_structure_persist_n

@@ -9,8 +9,8 @@ held in 25 of 32 `off-policy` and 23 of 34 `sync-sft` runs too. What keeps the s
 supervised runs is the context: it is not evaluated once a run logs an SFT loss, and under the
 learning-signal gate (L) it waits, like any page, until few groups keep a reward spread, which an
 expert row in every group prevents. So it is meant for runs without supervision, or with L. Off by
-default (`slide_success_drop=0`); in the verdict it stands in for the structure family
-(docs/detection.md, item 27).
+default (`slide_success_drop=0`); in the verdict it stands in for the structure family and counts
+as one family with task success, which it reads too (docs/detection.md, items 27 and 29).
 """
 
 from __future__ import annotations

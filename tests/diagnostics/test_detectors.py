@@ -619,7 +619,9 @@ def test_success_slide_without_the_entropy_condition():
         rng = np.random.default_rng(seed)
         no_entropy = SuccessSlide(early)
         steps = [{"success/rate": slide_step(rng, step >= 40)[0]["success/rate"]} for step in range(80)]
-        alerts = [a for step, row in enumerate(steps) for a in no_entropy.update(step_features(step, row, None))]
+        alerts = [
+            a for step, row in enumerate(steps) for a in no_entropy.update(step_features(step, row, None))
+        ]
         assert alerts and 40 <= alerts[0].step <= 44
     with pytest.raises(ValueError, match="slide_entropy_rise"):
         MonitorConfig(slide_entropy_rise=-1.0)
