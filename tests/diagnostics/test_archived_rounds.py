@@ -70,3 +70,26 @@ def test_success_slide_on_archived_runs(archive, ls_page, lsf_page):
     if lsf_page is not None and lsf_page != ls_page:
         families = _pages(archive, RULE_LSF)[0].evidence["families"]
         assert "slide" in families and "structure" not in families
+
+
+RULE_LSF2 = {**RULE_LS, "slide_success_drop": 0.75, "slide_persist": 1, "slide_entropy_rise": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("archive", "lsf_page", "lsf2_page"),
+    [
+        ("r29/collapse-s183.parquet", 27, 22),  # lost success first (onset 25): F2 pages 3 steps ahead
+        ("r29/collapse-s182.parquet", 36, 28),  # onset 37
+        ("r29lr/low-lr-s181.parquet", None, 58),  # no supervision, lr 2e-4: held (0.69 of its peak at worst)
+        ("r29lr/low-lr-s183.parquet", None, 24),  # held, 0.66 of its peak at worst
+        ("r29lr/low-lr-s180.parquet", 52, 51),  # held; a structural excursion that every rule pages
+    ],
+)
+def test_an_earlier_success_slide_pages_unsupervised_runs_that_hold(archive, lsf_page, lsf2_page):
+    """Round 29 (docs/detection.md, item 29): the slide at 0.75 of the peak, 1 step, no entropy
+    condition (F2) pages collapses well ahead, and every unsupervised low-LR run that held; F does
+    not page those. Its pages are the slide with a family that reads something else than success."""
+    assert _page(archive, RULE_LSF) == lsf_page
+    assert _page(archive, RULE_LSF2) == lsf2_page
+    families = set(_pages(archive, RULE_LSF2)[0].evidence["families"])
+    assert "slide" in families and families - {"slide", "outcome"}
