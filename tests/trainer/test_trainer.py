@@ -308,6 +308,15 @@ def test_eval_tasks_zero_skips_evaluation_and_interleaved_sft_still_runs(tmp_pat
         tiny_cfg.override(err_sft_batch=0).validate()
 
 
+def test_low_lr_recipe_is_collapse_at_a_lower_lr():
+    """The unsupervised control of round 29 (docs/detection.md): nothing but the LR differs."""
+    from collapsewatch.trainer.recipes import recipe
+
+    plain, control = dataclasses.asdict(recipe("collapse")), dataclasses.asdict(recipe("low-lr"))
+    changed = {k for k in plain if plain[k] != control[k]}
+    assert changed == {"recipe", "lr"} and control["lr"] < plain["lr"]
+
+
 def test_cli_errors_are_one_line(tmp_path, tiny_cfg):
     from collapsewatch.errors import UserError
     from collapsewatch.trainer.recipes import recipe
