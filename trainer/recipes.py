@@ -157,9 +157,9 @@ RECIPES: dict[str, dict] = {
     # of round 25 collapsed: a policy this small does not read a hint (docs/reproduction.md).
     "hint": {"hint_rollouts": 2, "hint_sft_steps": 200},
     # Not a recipe of the paper: `collapse` at a 3.5x lower LR, no supervision. An unsupervised run
-    # that holds, as a false-alarm control for rules that act only without supervision: 4 of 4 seeds
-    # held 80 steps from the bundled warm start (round 29 of docs/detection.md; from round 16's
-    # weaker warm start 5 of 5 collapsed).
+    # that holds, as a false-alarm control for rules that act only without supervision: 10 of 10
+    # seeds held 80 steps from the bundled warm start (round 29 of docs/detection.md; from round
+    # 16's weaker warm start 5 of 5 collapsed).
     "low-lr": {"lr": 2e-4},
     # Not a recipe of the paper: the LR is multiplied 10x from step 40, for testing detectors.
     "fault-lr-spike": {"fault_lr_spike_at": 40},

@@ -8,7 +8,7 @@ import pytest
 
 from collapsewatch.diagnostics.detector_base import PRESETS
 from collapsewatch.diagnostics.feature_archive import load_archive
-from collapsewatch.diagnostics.scan import first_critical_step, replay_features
+from collapsewatch.diagnostics.scan import findings_of, first_critical_step, replay_features
 
 ARCHIVES = Path(__file__).resolve().parents[2] / "docs" / "data" / "features"
 RULE_S = dict(PRESETS["S"])
@@ -93,3 +93,12 @@ def test_an_earlier_success_slide_pages_unsupervised_runs_that_hold(archive, lsf
     assert _page(archive, RULE_LSF2) == lsf2_page
     families = set(_pages(archive, RULE_LSF2)[0].evidence["families"])
     assert "slide" in families and families - {"slide", "outcome"}
+
+
+def test_the_default_pages_an_unsupervised_run_that_holds():
+    """A limit, kept in view (docs/detection.md, round 29): low-lr s192 never crossed the onset line,
+    yet round 7's rule pages it at 37 on a brief rise of broken turns, with no SFT loss to repair it."""
+    inputs, features = load_archive(ARCHIVES / "r29lr/low-lr-s192.parquet")
+    findings = findings_of(inputs, features, {})
+    assert findings.collapse_onset_step is None and findings.first_critical_step == 37
+    assert "structure" in _pages("r29lr/low-lr-s192.parquet", {})[0].evidence["families"]
