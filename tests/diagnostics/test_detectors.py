@@ -641,9 +641,9 @@ def test_verdict_counts_the_slide_and_task_success_as_one_family():
 
 
 def test_verdict_lets_the_success_slide_stand_in_for_the_structure_family():
-    """Without a structural shift, task success plus the slide pages; success with control tokens
-    does not (the default's requirement stands), and under the learning-signal gate the slide waits
-    for the groups to thin like any other page."""
+    """Without a structural shift, the slide pages with task success and the control tokens;
+    success with control tokens alone does not (the default's requirement stands), and under the
+    learning-signal gate the slide waits for the groups to thin like any other page."""
     seen = {"outcome", "slide", "control", "structure"}
     verdict = CombinedVerdict(MonitorConfig())
     assert verdict.update(30, [_warning(30, "outcome"), _warning(30, "control")], seen) == []
