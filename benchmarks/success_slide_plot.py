@@ -45,6 +45,7 @@ class SlideTrace:
     success_ratio: list[float]
     entropy_ratio: list[float]
     slide_step: int | None
+    control: bool = False  # a recipe without supervision that holds (`--control`, e.g. low-lr)
 
 
 def trace(
@@ -103,7 +104,11 @@ def plot(traces: list[SlideTrace], config: MonitorConfig, path: Path, label: str
         )
         for t in members:
             x, y = shown[t.name]
-            colour = "tab:red" if t.collapsing else ("tab:gray" if t.sft else "tab:blue")
+            colour = (
+                "tab:red"
+                if t.collapsing
+                else ("tab:gray" if t.sft else "tab:green" if t.control else "tab:blue")
+            )
             ax.plot(x, y, lw=0.7, alpha=0.6, color=colour, ls="--" if t.sft else "-")
             if t.collapsing and t.onset is not None and len(x):
                 ax.plot(x[-1], y[-1], "x", color=colour, ms=4)
@@ -114,12 +119,15 @@ def plot(traces: list[SlideTrace], config: MonitorConfig, path: Path, label: str
         ax.set_ylim(0, 1.05)
         ax.set_xlabel("5-step entropy / its warm-up mean (log)")
         ax.set_title(f"{label + ': ' if label else ''}{title} ({len(members)} runs)", fontsize=8)
+    handles = [
+        Rectangle((0, 0), 1, 1, color="tab:red", alpha=0.15, label="F's region"),
+        plt.Line2D([], [], color="tab:blue", label="no SFT loss (under L, F waits for thin groups)"),
+        plt.Line2D([], [], color="tab:gray", ls="--", label="logs an SFT loss: F not evaluated"),
+    ]
+    if any(t.control for t in traces):
+        handles.append(plt.Line2D([], [], color="tab:green", label="no supervision (control)"))
     axes[1].legend(
-        handles=[
-            Rectangle((0, 0), 1, 1, color="tab:red", alpha=0.15, label="F's region"),
-            plt.Line2D([], [], color="tab:blue", label="no SFT loss (under L, F waits for thin groups)"),
-            plt.Line2D([], [], color="tab:gray", ls="--", label="logs an SFT loss: F not evaluated"),
-        ],
+        handles=handles,
         fontsize=7,
         loc="lower right",
     )
@@ -138,6 +146,7 @@ def main() -> None:
     ap.add_argument("--root", nargs="+", required=True, help="one or more roots of runs or archives")
     ap.add_argument("--collapsing", nargs="+", default=["collapse"], help="recipes that collapse")
     ap.add_argument("--stable", nargs="+", default=["off-policy", "sync-sft", "interleaved"])
+    ap.add_argument("--control", nargs="*", default=[], help="recipes among --stable without supervision")
     ap.add_argument("--seeds", nargs="+", type=int, required=True)
     ap.add_argument("--label", default="")
     ap.add_argument("--plot", default="", help="PNG path ('' for none)")
@@ -155,6 +164,7 @@ def main() -> None:
                 onset = collapse_onset(table["step"].to_numpy(), success_of(table)[0])
                 name = f"{root.name}/{run_dir(root, recipe, seed).name}"
                 traces.append(trace(name, recipe in args.collapsing, found[1], onset, config))
+                traces[-1].control = recipe in args.control
                 rows.append(summary(traces[-1], config))
                 print(json.dumps(rows[-1]))
     if not traces:
