@@ -49,8 +49,13 @@ class SlideTrace:
 
 
 def trace(
-    name: str, collapsing: bool, features: list[StepFeatures], onset: int | None, config: MonitorConfig
-):
+    name: str,
+    collapsing: bool,
+    features: list[StepFeatures],
+    onset: int | None,
+    config: MonitorConfig,
+    control: bool = False,
+) -> SlideTrace:
     detector = SuccessSlide(config)
     steps, success, entropy, first = [], [], [], None
     for f in features:
@@ -61,7 +66,7 @@ def trace(
             steps.append(f.step)
             success.append(detector.success_ratio)
             entropy.append(detector.entropy_ratio)
-    return SlideTrace(name, collapsing, onset, detector.sft_seen, steps, success, entropy, first)
+    return SlideTrace(name, collapsing, onset, detector.sft_seen, steps, success, entropy, first, control)
 
 
 def summary(t: SlideTrace, config: MonitorConfig) -> dict:
@@ -163,8 +168,8 @@ def main() -> None:
                 table = features_table(found[1])
                 onset = collapse_onset(table["step"].to_numpy(), success_of(table)[0])
                 name = f"{root.name}/{run_dir(root, recipe, seed).name}"
-                traces.append(trace(name, recipe in args.collapsing, found[1], onset, config))
-                traces[-1].control = recipe in args.control
+                collapsing, control = recipe in args.collapsing, recipe in args.control
+                traces.append(trace(name, collapsing, found[1], onset, config, control))
                 rows.append(summary(traces[-1], config))
                 print(json.dumps(rows[-1]))
     if not traces:
