@@ -1,0 +1,42 @@
+"""slide_separation finds the slide's step with the detector itself, groups runs as the question
+needs (collapses whose slide came before their onset, unsupervised runs that held, the rest that
+held), and scores each statistic by the AUC of collapses against each group."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from slide_separation import auc  # noqa: E402
+
+
+def test_auc_counts_ties_half_and_ignores_missing_values() -> None:
+    assert auc([2.0, 3.0], [1.0]) == 1.0
+    assert auc([1.0], [2.0, 3.0]) == 0.0
+    assert auc([1.0, float("nan")], [1.0]) == 0.5
+    assert auc([float("nan")], [1.0]) is None
+
+
+def test_groups_runs_and_scores_statistics_on_round_30() -> None:
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "slide_separation.py"), "--root",
+         str(REPO / "docs" / "data" / "features" / "r30"), "--lag", "2"],
+        capture_output=True, text=True, check=True, cwd=REPO,
+    )  # fmt: skip
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    runs = {r["run"]: r for r in result["runs"]}
+    # every collapse of round 30 slid to 0.75 of its peak before its onset (docs/detection.md)
+    assert all(r["group"] == "collapse" and r["slide_step"] < r["onset"]
+               for name, r in runs.items() if "/collapse-" in name)  # fmt: skip
+    assert runs["r30/low-lr-s204"]["group"] == "control" and runs["r30/low-lr-s204"]["slide_step"] == 22
+    assert runs["r30/off-policy-s201"]["group"] is None  # crossed the onset line: in no group
+    assert runs["r30/sync-sft-s200"]["slide_step"] is None  # logs an SFT loss: the slide is off
+    assert result["runs_scored"] == {"collapse": 8, "control": 6, "supervised": 1}
+    names = {s["statistic"] for s in result["statistics"]}
+    assert {"entropy/mean", "state/broken_turns", "tool_calls/per_rollout"} <= names
+    assert all(0.0 <= s["auc_vs_control"] <= 1.0 for s in result["statistics"])
