@@ -97,7 +97,7 @@ class LiveMonitor:
 
     @property
     def confidence(self) -> float:
-        """Share of signal families with data that currently agree that the run is collapsing."""
+        """Independent signal families now agreeing, over three, capped at 1 (a heuristic, not a probability)."""
         return self.verdict.confidence
 
     def update(

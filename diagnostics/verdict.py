@@ -13,7 +13,9 @@ page on their own, and so, when `probe_text_page_fold` (or `_delta`) is set, doe
 reference probe (probe_drift.py): one family, which its message says. The success slide (success_slide.py,
 off by default) stands in for the structure family when that one is required, and counts as one family
 with task success, which it reads too. Confidence is a plain heuristic: the number of agreeing families over three
-(one 33%, two 67%, three or more 100%).
+(one 33%, two 67%, three or more 100%). It is kept in the evidence and the timeline, not in the page's
+message: it is no probability, and pages at 100% came in unsupervised runs that held (docs/detection.md,
+rounds 29-30).
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ class CombinedVerdict:
             )
         msg = (
             f"Collapse likely: {len(independent)} independent signal families agree within {c.verdict_window} steps "
-            f"({labels}); confidence {self.confidence:.0%}.{hint} {_ACT_UNDER_SFT if self.sft_seen else _ACT}"
+            f"({labels}).{hint} {_ACT_UNDER_SFT if self.sft_seen else _ACT}"
         )
         return [
             Alert(
