@@ -24,13 +24,14 @@ Usage: .venv/bin/python benchmarks/detection_eval.py --root /work/runs/repro [--
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import subprocess
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,48 @@ def ensure_run(root: Path, recipe: str, seed: int, steps: int | None, train: boo
         cmd += ["--steps", str(steps)]
     print(f"training {recipe} seed {seed} ...", file=sys.stderr)
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectedRun:
+    """One run picked by `add_run_selection`'s flags, with its success onset."""
+
+    name: str  # <root folder>/<run folder>
+    recipe: str
+    group: str  # "collapsing", "control" (a stable recipe without supervision) or "supervised"
+    inputs: RunInputs
+    features: list[StepFeatures]
+    onset: int | None
+
+
+def add_run_selection(ap: argparse.ArgumentParser) -> None:
+    """The flags that pick runs for the per-run plot scripts: roots, recipes by kind, seeds."""
+    ap.add_argument("--root", nargs="+", required=True, help="one or more roots of runs or archives")
+    ap.add_argument("--collapsing", nargs="+", default=["collapse"], help="recipes that collapse")
+    ap.add_argument("--stable", nargs="+", default=["off-policy", "sync-sft", "interleaved"])
+    ap.add_argument("--control", nargs="*", default=[], help="recipes among --stable without supervision")
+    ap.add_argument("--seeds", nargs="+", type=int, required=True)
+
+
+def selected_runs(args: argparse.Namespace) -> Iterator[SelectedRun]:
+    """The runs `add_run_selection`'s flags name that exist (folder or archive), in flag order."""
+    for root in map(Path, args.root):
+        for recipe in [*args.collapsing, *args.stable]:
+            group = (
+                "collapsing"
+                if recipe in args.collapsing
+                else "control"
+                if recipe in args.control
+                else "supervised"
+            )
+            for seed in args.seeds:
+                found = read_run(root, recipe, seed)
+                if found is None:
+                    continue
+                table = features_table(found[1])
+                onset = collapse_onset(table["step"].to_numpy(), success_of(table)[0])
+                name = f"{root.name}/{run_dir(root, recipe, seed).name}"
+                yield SelectedRun(name, recipe, group, found[0], found[1], onset)
 
 
 def features_table(features: Iterable[StepFeatures]) -> pd.DataFrame:

@@ -23,13 +23,12 @@ import json
 import math
 from pathlib import Path
 
-from detection_eval import features_table, read_run, run_dir, save_figure, success_of
+from detection_eval import SelectedRun, add_run_selection, save_figure, selected_runs
 
 from collapsewatch.diagnostics.baseline import inverse_logit
 from collapsewatch.diagnostics.behaviour_detectors import StructuralShift
 from collapsewatch.diagnostics.detector_base import PRESETS, MonitorConfig
 from collapsewatch.diagnostics.features import StepFeatures
-from collapsewatch.diagnostics.onset import collapse_onset
 from collapsewatch.diagnostics.scan import first_critical_step, replay_features
 
 MARKERS = ("o", "x", "^", "s")  # one per --rise
@@ -60,16 +59,14 @@ def rise_series(features: list[StepFeatures], config: MonitorConfig) -> tuple[li
     return steps, rise
 
 
-def trace(
-    name: str, group: str, found: tuple, onset: int | None, preset: dict, rises: list[float]
-) -> RiseTrace:
-    inputs, features = found
+def trace(run: SelectedRun, preset: dict, rises: list[float]) -> RiseTrace:
     pages = {}
     for r in rises:
-        alerts, _ = replay_features(features, inputs.run.control_tokens, {**preset, "structure_min_rise": r})
+        config = {**preset, "structure_min_rise": r}
+        alerts, _ = replay_features(run.features, run.inputs.run.control_tokens, config)
         pages[r] = first_critical_step(alerts)
-    steps, rise = rise_series(features, MonitorConfig(**preset))
-    return RiseTrace(name, group, onset, steps, rise, pages)
+    steps, rise = rise_series(run.features, MonitorConfig(**preset))
+    return RiseTrace(run.name, run.group, run.onset, steps, rise, pages)
 
 
 def summary(t: RiseTrace) -> dict:
@@ -122,11 +119,7 @@ def plot(traces: list[RiseTrace], rises: list[float], path: Path, label: str) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", nargs="+", required=True, help="one or more roots of runs or archives")
-    ap.add_argument("--collapsing", nargs="+", default=["collapse"], help="recipes that collapse")
-    ap.add_argument("--stable", nargs="+", default=["off-policy", "sync-sft", "interleaved"])
-    ap.add_argument("--control", nargs="*", default=[], help="recipes among --stable without supervision")
-    ap.add_argument("--seeds", nargs="+", type=int, required=True)
+    add_run_selection(ap)
     ap.add_argument("--rise", nargs="+", type=float, default=[0.15, 0.2], help="minimum rises to compare")
     ap.add_argument("--preset", default="A", choices=sorted(PRESETS), help="the other settings")
     ap.add_argument("--label", default="")
@@ -136,20 +129,9 @@ def main() -> None:
         raise SystemExit(f"at most {len(MARKERS)} values of --rise")
     preset = dict(PRESETS[args.preset])
     traces: list[RiseTrace] = []
-    for root in map(Path, args.root):
-        for recipe in [*args.collapsing, *args.stable]:
-            group = "control" if recipe in args.control else "supervised"
-            if recipe in args.collapsing:
-                group = "collapsing"
-            for seed in args.seeds:
-                found = read_run(root, recipe, seed)
-                if found is None:
-                    continue
-                table = features_table(found[1])
-                onset = collapse_onset(table["step"].to_numpy(), success_of(table)[0])
-                name = f"{root.name}/{run_dir(root, recipe, seed).name}"
-                traces.append(trace(name, group, found, onset, preset, args.rise))
-                print(json.dumps(summary(traces[-1])))
+    for run in selected_runs(args):
+        traces.append(trace(run, preset, args.rise))
+        print(json.dumps(summary(traces[-1])))
     if not traces:
         raise SystemExit("no runs under those roots, recipes and seeds")
     if args.plot:

@@ -23,11 +23,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-from detection_eval import features_table, read_run, run_dir, save_figure, success_of
+from detection_eval import add_run_selection, save_figure, selected_runs
 
 from collapsewatch.diagnostics.detector_base import PRESETS, MonitorConfig
 from collapsewatch.diagnostics.features import StepFeatures
-from collapsewatch.diagnostics.onset import collapse_onset
 from collapsewatch.diagnostics.success_slide import SuccessSlide
 
 RULE_F = {k: v for k, v in PRESETS["LSF"].items() if k not in PRESETS["LS"]}  # the slide's own setting
@@ -148,30 +147,18 @@ def _shown(t: SlideTrace) -> tuple[np.ndarray, np.ndarray]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", nargs="+", required=True, help="one or more roots of runs or archives")
-    ap.add_argument("--collapsing", nargs="+", default=["collapse"], help="recipes that collapse")
-    ap.add_argument("--stable", nargs="+", default=["off-policy", "sync-sft", "interleaved"])
-    ap.add_argument("--control", nargs="*", default=[], help="recipes among --stable without supervision")
-    ap.add_argument("--seeds", nargs="+", type=int, required=True)
+    add_run_selection(ap)
     ap.add_argument("--label", default="")
     ap.add_argument("--plot", default="", help="PNG path ('' for none)")
     args = ap.parse_args()
     config = MonitorConfig(**RULE_F)
     traces: list[SlideTrace] = []
     rows: list[dict] = []
-    for root in map(Path, args.root):
-        for recipe in [*args.collapsing, *args.stable]:
-            for seed in args.seeds:
-                found = read_run(root, recipe, seed)
-                if found is None:
-                    continue
-                table = features_table(found[1])
-                onset = collapse_onset(table["step"].to_numpy(), success_of(table)[0])
-                name = f"{root.name}/{run_dir(root, recipe, seed).name}"
-                collapsing, control = recipe in args.collapsing, recipe in args.control
-                traces.append(trace(name, collapsing, found[1], onset, config, control))
-                rows.append(summary(traces[-1], config))
-                print(json.dumps(rows[-1]))
+    for run in selected_runs(args):
+        collapsing, control = run.group == "collapsing", run.group == "control"
+        traces.append(trace(run.name, collapsing, run.features, run.onset, config, control))
+        rows.append(summary(traces[-1], config))
+        print(json.dumps(rows[-1]))
     if not traces:
         raise SystemExit("no runs under those roots, recipes and seeds")
     if args.plot:

@@ -4,8 +4,6 @@ held), and scores each statistic by the AUC of collapses against each group."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,13 +20,10 @@ def test_auc_counts_ties_half_and_ignores_missing_values() -> None:
     assert auc([float("nan")], [1.0]) is None
 
 
-def test_groups_runs_and_scores_statistics_on_round_30() -> None:
-    out = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "slide_separation.py"), "--root",
-         str(REPO / "docs" / "data" / "features" / "r30"), "--lag", "2"],
-        capture_output=True, text=True, check=True, cwd=REPO,
-    )  # fmt: skip
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+def test_groups_runs_and_scores_statistics_on_round_30(run_benchmark) -> None:
+    result = run_benchmark(
+        "slide_separation.py", "--root", str(REPO / "docs" / "data" / "features" / "r30"), "--lag", "2"
+    )
     runs = {r["run"]: r for r in result["runs"]}
     # every collapse of round 30 slid to 0.75 of its peak before its onset (docs/detection.md)
     assert all(r["group"] == "collapse" and r["slide_step"] < r["onset"]

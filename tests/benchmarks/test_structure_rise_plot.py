@@ -3,24 +3,19 @@ verdict's under each minimum rise, and the rise it draws is the one the detector
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 ARCHIVES = REPO / "docs" / "data" / "features" / "r30"
 
 
-def test_reports_the_pages_under_each_minimum_rise(tmp_path: Path) -> None:
+def test_reports_the_pages_under_each_minimum_rise(tmp_path: Path, run_benchmark) -> None:
     png = tmp_path / "rise.png"
-    out = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "structure_rise_plot.py"), "--root", str(ARCHIVES),
-         "--seeds", "200", "201", "--stable", "interleaved", "low-lr", "--control", "low-lr",
-         "--plot", str(png)],
-        capture_output=True, text=True, check=True, cwd=REPO,
+    result = run_benchmark(
+        "structure_rise_plot.py", "--root", str(ARCHIVES), "--seeds", "200", "201",
+        "--stable", "interleaved", "low-lr", "--control", "low-lr", "--plot", str(png),
     )  # fmt: skip
-    runs = {r["run"]: r for r in json.loads(out.stdout.strip().splitlines()[-1])["runs"]}
+    runs = {r["run"]: r for r in result["runs"]}
     assert {r["group"] for r in runs.values()} == {"collapsing", "supervised", "control"}
     # round 30 (docs/detection.md): at 0.2 the page on interleaved s200 goes, as its rise stays below 0.2
     interleaved = runs["r30/interleaved-s200"]

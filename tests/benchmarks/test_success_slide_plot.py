@@ -3,23 +3,19 @@ ratios are those its condition reads, and SFT runs are drawn but never fire."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 ARCHIVES = REPO / "docs" / "data" / "features" / "r26"
 
 
-def test_reports_the_detectors_step_and_draws_every_run(tmp_path: Path) -> None:
+def test_reports_the_detectors_step_and_draws_every_run(tmp_path: Path, run_benchmark) -> None:
     png = tmp_path / "slide.png"
-    out = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "success_slide_plot.py"), "--root", str(ARCHIVES),
-         "--seeds", "150", "151", "--stable", "sync-sft", "--plot", str(png)],
-        capture_output=True, text=True, check=True, cwd=REPO,
+    result = run_benchmark(
+        "success_slide_plot.py", "--root", str(ARCHIVES), "--seeds", "150", "151", "--stable", "sync-sft",
+        "--plot", str(png),
     )  # fmt: skip
-    runs = {r["run"]: r for r in json.loads(out.stdout.strip().splitlines()[-1])["runs"]}
+    runs = {r["run"]: r for r in result["runs"]}
     assert set(runs) == {"r26/collapse-s150", "r26/collapse-s151", "r26/sync-sft-s150", "r26/sync-sft-s151"}
     # collapse s150 lost success first: the slide held at its onset, where LSF paged it (docs/detection.md)
     assert runs["r26/collapse-s150"]["slide_step"] == runs["r26/collapse-s150"]["onset"] == 33
