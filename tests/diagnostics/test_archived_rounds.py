@@ -105,3 +105,17 @@ def test_the_default_pages_an_unsupervised_run_that_holds():
     findings = findings_of(inputs, features, {})
     assert findings.collapse_onset_step is None and findings.first_critical_step == 37
     assert "structure" in _pages("r29lr/low-lr-s192.parquet", {})[0].evidence["families"]
+
+
+@pytest.mark.parametrize(
+    ("archive", "a_page", "ls_page"),
+    [
+        ("r31/collapse-s211.parquet", 26, 26),  # onset 29: the gate held nothing back at 16 rollouts a group
+        ("r31/collapse-s210.parquet", 20, 20),  # onset 42
+        ("r31/off-policy-s210.parquet", 39, None),  # slid across at 40 with its format holding
+    ],
+)
+def test_the_learning_signal_gate_at_groups_of_16(archive, a_page, ls_page):
+    """Round 31 (docs/detection.md, item 31): at G=16 LS pages the collapses at A's step."""
+    assert _page(archive, {}) == a_page
+    assert _page(archive, RULE_LS) == ls_page
