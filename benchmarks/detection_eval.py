@@ -105,13 +105,9 @@ def selected_runs(args: argparse.Namespace) -> Iterator[SelectedRun]:
     """The runs `add_run_selection`'s flags name that exist (folder or archive), in flag order."""
     for root in map(Path, args.root):
         for recipe in [*args.collapsing, *args.stable]:
-            group = (
-                "collapsing"
-                if recipe in args.collapsing
-                else "control"
-                if recipe in args.control
-                else "supervised"
-            )
+            group = "control" if recipe in args.control else "supervised"
+            if recipe in args.collapsing:
+                group = "collapsing"
             for seed in args.seeds:
                 found = read_run(root, recipe, seed)
                 if found is None:
