@@ -119,3 +119,12 @@ def test_the_learning_signal_gate_at_groups_of_16(archive, a_page, ls_page):
     """Round 31 (docs/detection.md, item 31): at G=16 LS pages the collapses at A's step."""
     assert _page(archive, {}) == a_page
     assert _page(archive, RULE_LS) == ls_page
+
+
+def test_the_slide_pages_a_success_first_collapse_at_groups_of_16():
+    """Round 32 (docs/detection.md): s214 lost success at 36 and broke its format at 67; the rules
+    that wait for the structure family page it 15 steps late, the success slide (LSF) 6 ahead."""
+    assert _page("r32/collapse-s214.parquet", {}) == 51
+    assert _page("r32/collapse-s214.parquet", RULE_LS) == 51
+    assert _page("r32/collapse-s214.parquet", RULE_LSF) == 30
+    assert "slide" in _pages("r32/collapse-s214.parquet", RULE_LSF)[0].evidence["families"]
