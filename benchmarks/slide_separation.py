@@ -73,6 +73,11 @@ def auc(high: list[float], low: list[float]) -> float | None:
     return round(float(greater), 3)
 
 
+def _median(values: list[float]) -> float | None:
+    finite = [x for x in values if np.isfinite(x)]
+    return round(float(np.median(finite)), 4) if finite else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", nargs="+", required=True, help="roots of feature archives or run folders")
@@ -109,8 +114,7 @@ def main() -> None:
             "statistic": n,
             "auc_vs_control": vs_control,
             "auc_vs_supervised": auc(values["collapse"], values["supervised"]),
-            "median_shift": {g: round(float(np.nanmedian(v)), 4) if np.isfinite(v).any() else None
-                             for g, v in ((g, np.array(v, dtype=float)) for g, v in values.items())},
+            "median_shift": {g: _median(v) for g, v in values.items()},
         })  # fmt: skip
     table.sort(key=lambda r: -abs(r["auc_vs_control"] - 0.5))
     for r in table[: args.top]:

@@ -25,7 +25,6 @@ from pathlib import Path
 
 from detection_eval import SelectedRun, add_run_selection, save_figure, selected_runs
 
-from collapsewatch.diagnostics.baseline import inverse_logit
 from collapsewatch.diagnostics.behaviour_detectors import StructuralShift
 from collapsewatch.diagnostics.detector_base import PRESETS, MonitorConfig
 from collapsewatch.diagnostics.features import StepFeatures
@@ -47,15 +46,14 @@ class RiseTrace:
 
 
 def rise_series(features: list[StepFeatures], config: MonitorConfig) -> tuple[list[int], list[float]]:
-    """Broken-turn share minus the detector's frozen warm-up level, from the end of the warm-up."""
+    """The rise the detector compares with `structure_min_rise`, on each step it compares one."""
     detector = StructuralShift(config)
     steps, rise = [], []
     for f in features:
         detector.update(f)
-        broken = f.get("state/broken_turns")
-        if detector.base.ready and math.isfinite(broken):
+        if math.isfinite(detector.rise):
             steps.append(f.step)
-            rise.append(broken - inverse_logit(detector.base.center))
+            rise.append(detector.rise)
     return steps, rise
 
 

@@ -51,9 +51,11 @@ class StructuralShift(Detector):
         sft_k, sft_n = config.sft_structure_persist_k, config.sft_structure_persist_n
         self.sft_persist = KofN(sft_k, sft_n) if sft_k else None
         self.sft_seen = False  # sticky: the run has logged an SFT loss
+        self.rise = math.nan  # this step's share minus the warm-up level; NaN if not compared (for plots)
 
     def update(self, f: StepFeatures) -> list[Alert]:
         c = self.config
+        self.rise = math.nan
         if self.sft_persist is not None and not self.sft_seen:
             self.sft_seen = f.logs_sft_loss
         lost_calls = c.structure_measure == "not_tool_call"
@@ -65,8 +67,9 @@ class StructuralShift(Detector):
         z, base_rate = update_rate(self.base, broken)
         if not ready:
             return []
+        self.rise = broken - base_rate
         self.cusum = max(0.0, self.cusum + z - c.structure_cusum_k)
-        shifted = self.cusum >= c.structure_cusum_h and broken - base_rate >= c.structure_min_rise
+        shifted = self.cusum >= c.structure_cusum_h and self.rise >= c.structure_min_rise
         held = self.persist.update(shifted)
         if self.sft_persist is not None:  # both windows see every step, so either can decide
             held_under_sft = self.sft_persist.update(shifted)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from collapsewatch.diagnostics.synthetic import write_synthetic_run
@@ -13,13 +11,10 @@ from collapsewatch.diagnostics.synthetic import write_synthetic_run
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def _evaluate(root: Path, *extra: str, script: str = "detection_eval.py") -> dict:
-    cmd = [sys.executable, str(BENCHMARKS / script), "--root", str(root), "--seeds", "0", "1", *extra]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def test_detection_eval_reads_archives_in_place_of_runs(tmp_path, run_benchmark):
+    def _evaluate(root: Path, *extra: str, script: str = "detection_eval.py") -> dict:
+        return run_benchmark(script, "--root", str(root), "--seeds", "0", "1", *extra)
 
-
-def test_detection_eval_reads_archives_in_place_of_runs(tmp_path):
     runs, archive = tmp_path / "runs", tmp_path / "archive"
     for seed in (0, 1):
         write_synthetic_run(runs, f"collapse-s{seed}", n_steps=70, collapse_at=45 + 5 * seed, seed=seed)
@@ -47,15 +42,15 @@ def test_detection_eval_reads_archives_in_place_of_runs(tmp_path):
         }
 
 
-def test_detection_eval_preset_is_its_settings():
+def test_detection_eval_preset_is_its_settings(run_benchmark):
     """`--preset LSF` scores round 28's archives exactly as the flags round 28 was scored with
     (docs/data/deteval28slide-heldout.json)."""
     archives = BENCHMARKS.parent / "docs" / "data" / "features" / "r28"
-    cmd = [sys.executable, str(BENCHMARKS / "detection_eval.py"), "--root", str(archives), "--seeds",
-           *map(str, range(170, 178)), "--collapsing", "collapse", "--stable", "off-policy", "sync-sft",
-           "interleaved", "--plots", "", "--preset", "lsf"]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    by_preset = json.loads(done.stdout.strip().splitlines()[-1])
+    by_preset = run_benchmark(
+        "detection_eval.py", "--root", str(archives), "--seeds", *map(str, range(170, 178)),
+        "--collapsing", "collapse", "--stable", "off-policy", "sync-sft", "interleaved", "--plots", "",
+        "--preset", "lsf",
+    )  # fmt: skip
     recorded = json.loads((BENCHMARKS.parent / "docs" / "data" / "deteval28slide-heldout.json").read_text())
     by_preset.pop("root"), recorded.pop("root")  # the folder read differs, nothing else
     assert by_preset == recorded

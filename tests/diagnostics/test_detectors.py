@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from collapsewatch.diagnostics.alerts import Alert
+from collapsewatch.diagnostics.baseline import inverse_logit
 from collapsewatch.diagnostics.behaviour_detectors import (
     BrokenModeGroups,
     LengthCollapse,
@@ -413,6 +414,22 @@ def _broken_share_run(shares, seed=0, config=CONFIG, scalars=None):
         turns = [["<tool_call><|im_end|>"] if b else [CALL, "alice has 40."] for b in broken]
         alerts += det.update(step_features(step, dict(scalars or {}), seqs_frame(rng, turn_texts=turns)))
     return alerts
+
+
+def test_structural_shift_keeps_the_rise_it_compares():
+    """`rise` (read by benchmarks/structure_rise_plot.py) is the step's broken share minus the frozen
+    warm-up level, and NaN on the steps nothing is compared (the warm-up)."""
+    rng = np.random.default_rng(0)
+    det = StructuralShift(CONFIG)
+    for step in range(CONFIG.warmup + 1):
+        broken = np.arange(N) < (0.3 * N if step == CONFIG.warmup else 0)
+        turns = [["<tool_call><|im_end|>"] if b else [CALL, "alice has 40."] for b in broken]
+        f = step_features(step, {}, seqs_frame(rng, turn_texts=turns))
+        det.update(f)
+        if step < CONFIG.warmup:
+            assert math.isnan(det.rise)
+    assert det.rise == pytest.approx(f.get("state/broken_turns") - inverse_logit(det.base.center))
+    assert det.rise > 0.1  # the jump, not the warm-up
 
 
 def test_structural_shift_adds_up_a_slow_ramp():
