@@ -1,4 +1,4 @@
-"""What attaching collapsewatch costs a real TRL GRPOTrainer step on CPU.
+"""What attaching collapsewatch costs a real TRL GRPOTrainer step, on CPU or (--device cuda) a GPU.
 
 One TRL run per capture mode (tiny-but-not-too-tiny local Qwen2, no hub), with capture paused on
 every other step (`TRLHandle.paused`: the wrappers pass straight through), so captured and plain
@@ -11,6 +11,7 @@ live detectors run inline here, `live_async=False`). `overhead_ratio` is the med
 (`capture_ms_per_step`, `capture_ms_per_1k_tokens`, `capture_share_of_step`). Last line: JSON.
 
     .venv/bin/python benchmarks/hook_overhead.py [--steps 30] [--hidden 192] [--layers 4]
+    python benchmarks/hook_overhead.py --device cuda --hidden 896 --layers 24 --heads 14  # Qwen2.5-0.5B's body
 """
 
 from __future__ import annotations
@@ -32,14 +33,15 @@ def build_trainer(out_dir: str, tok: Any, state: dict, args_ns: argparse.Namespa
 
     from collapsewatch.hooks.tiny_models import tiny_qwen2
 
-    model = tiny_qwen2(tok, hidden=args_ns.hidden, layers=args_ns.layers, heads=4)
+    model = tiny_qwen2(tok, hidden=args_ns.hidden, layers=args_ns.layers, heads=args_ns.heads)
     model.load_state_dict(state)
+    on_gpu = args_ns.device == "cuda"
     prompts = [f"What is {a} plus {b}?" for a in range(4) for b in range(4)]
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": q}]} for q in prompts])
     config = GRPOConfig(
         output_dir=out_dir,
-        use_cpu=True,
-        bf16=False,
+        use_cpu=not on_gpu,
+        bf16=on_gpu,
         report_to="none",
         per_device_train_batch_size=args_ns.batch,
         num_generations=args_ns.batch,
@@ -101,22 +103,27 @@ def timed(fn: Any, bucket: list[float]) -> Any:
     return wrapper
 
 
-def capture_math_ms_per_1k_tokens(tokens: int = 256, vocab: int = 151_936) -> dict[str, float]:
-    """token_stats_from_logits on [1, tokens, vocab] logits (Qwen2.5's vocabulary), per 1k tokens."""
+def capture_math_ms_per_1k_tokens(device: str, tokens: int = 256, vocab: int = 151_936) -> dict[str, float]:
+    """token_stats_from_logits on [1, tokens, vocab] logits (Qwen2.5's vocabulary), per 1k tokens
+    (tokens x 16 on a GPU, where 256 rows are too few to time)."""
     from collapsewatch.hooks.capture import token_stats_from_logits
 
+    tokens = tokens * 16 if device == "cuda" else tokens
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     out = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        logits = torch.randn(1, tokens, vocab).to(dtype)
-        ids = torch.randint(0, vocab, (1, tokens))
+        logits = torch.randn(1, tokens, vocab, device=device).to(dtype)
+        ids = torch.randint(0, vocab, (1, tokens), device=device)
         ctrl = list(range(151_643, 151_651))
         token_stats_from_logits(logits, ids, ctrl)  # warm-up
         times = []
         for _ in range(3):
+            sync()
             t0 = time.perf_counter()
             token_stats_from_logits(logits, ids, ctrl)
+            sync()
             times.append(time.perf_counter() - t0)
-        out[f"capture_math_cpu_ms_per_1k_tokens_{name}"] = round(min(times) / tokens * 1e6, 1)
+        out[f"capture_math_{device}_ms_per_1k_tokens_{name}"] = round(min(times) / tokens * 1e6, 3)
     return out
 
 
@@ -138,6 +145,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="steps per capture mode (half captured)")
     parser.add_argument("--hidden", type=int, default=192)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--completion-length", type=int, default=48)
     args = parser.parse_args()
@@ -148,15 +157,16 @@ def main() -> None:
     from collapsewatch.hooks.trl import attach
     from collapsewatch.store.reader import open_run
 
-    math_costs = capture_math_ms_per_1k_tokens()
+    math_costs = capture_math_ms_per_1k_tokens(args.device)
     tok = chatml_tokenizer()
-    state = tiny_qwen2(tok, hidden=args.hidden, layers=args.layers, heads=4).state_dict()
+    state = tiny_qwen2(tok, hidden=args.hidden, layers=args.layers, heads=args.heads).state_dict()
     root = tempfile.mkdtemp(prefix="cw-bench-")
     result: dict[str, Any] = {
         "benchmark": "hook_overhead",
-        "device": "cpu",
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "model": f"Qwen2 hidden={args.hidden} layers={args.layers} vocab={len(tok)}",
+        "model": f"Qwen2 hidden={args.hidden} layers={args.layers} heads={args.heads} vocab={len(tok)}",
         "batch": args.batch,
         "max_completion_length": args.completion_length,
     }

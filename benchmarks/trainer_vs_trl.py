@@ -1,8 +1,9 @@
 """Throughput of our GRPO step vs TRL's GRPOTrainer: same tiny Qwen2, prompts, group size, lengths.
 
 Single-turn task batch (the first turn of 8 environment tasks, G=8, up to 32 completion tokens,
-temperature 1, one optimizer step per batch, fp32 on one CPU thread). Tokens/s counts generated
-completion tokens over the timed steps (the first step of each is a warm-up). Prints JSON last.
+temperature 1, one optimizer step per batch, fp32 on one CPU thread, or bf16 autocast on a GPU with
+--device cuda). Tokens/s counts generated completion tokens over the timed steps (the first step of
+each is a warm-up). Prints JSON last.
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ from collapsewatch.trainer.rollout import ChatFormat
 TASKS, G, MAX_NEW = 8, 8, 32
 
 
-def ours(tok, steps: int) -> dict:
+def ours(tok, steps: int, device: torch.device) -> dict:
     cfg = TrainConfig(tasks_per_step=TASKS, group_size=G, max_turns=1, max_turn_tokens=MAX_NEW, minibatches=1,
                       lr=1e-5, warmup_steps=1, max_context=512)  # fmt: skip
-    model = model_lib.build_model("cpu", tok, seed=0)
+    model = model_lib.build_model("cpu", tok, seed=0).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    s = GRPOState(cfg, model, model, None, opt, ChatFormat(tok), torch.device("cpu"), None,
-                  task_rng=random.Random(0), sample_gen=torch.Generator().manual_seed(0), failed=deque())  # fmt: skip
+    s = GRPOState(cfg, model, model, None, opt, ChatFormat(tok), device, None, task_rng=random.Random(0),
+                  sample_gen=torch.Generator(device=device).manual_seed(0), failed=deque())  # fmt: skip
     tokens, seconds = 0.0, 0.0
     for step in range(1, steps + 2):
         t0 = time.perf_counter()
@@ -45,7 +46,7 @@ def ours(tok, steps: int) -> dict:
     return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
 
 
-def trl(tok, steps: int, workdir: str) -> dict:
+def trl(tok, steps: int, workdir: str, device: torch.device) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -67,7 +68,7 @@ def trl(tok, steps: int, workdir: str) -> dict:
 
     clock = Clock()
     args = GRPOConfig(
-        output_dir=workdir, use_cpu=True, bf16=False, report_to="none", per_device_train_batch_size=TASKS * G,
+        output_dir=workdir, use_cpu=device.type == "cpu", bf16=device.type == "cuda", report_to="none", per_device_train_batch_size=TASKS * G,
         num_generations=G, max_completion_length=MAX_NEW, max_steps=steps + 1, logging_steps=1,
         learning_rate=1e-5, beta=0.0, save_strategy="no", seed=0, temperature=1.0, dataloader_num_workers=0,
         disable_tqdm=True,
@@ -93,15 +94,18 @@ def trl(tok, steps: int, workdir: str) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per trainer (after one warm-up)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
     torch.set_num_threads(1)
+    device = torch.device(args.device)
     tok = tokenizer_lib.load_or_train(Path(default_cache_dir()), 1024, 1500)
     with tempfile.TemporaryDirectory() as workdir:
-        theirs = trl(tok, args.steps, workdir)
-    mine = ours(tok, args.steps)
+        theirs = trl(tok, args.steps, workdir, device)
+    mine = ours(tok, args.steps, device)
     result = {
         "benchmark": "trainer_vs_trl",
-        "device": "cpu",
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
         "threads": 1,
         "tasks": TASKS,
         "group_size": G,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from collapsewatch.trainer import hf_cache
 from collapsewatch.trainer.rollout import Rollout
 
 
@@ -113,15 +114,15 @@ def grouped_completion_logits(model: torch.nn.Module, batch: Batch, group_size: 
         use_cache=True,
         logits_to_keep=1,
     )
-    cache = prompt.cache
+    cache = hf_cache.returned(prompt)
     cache.batch_repeat_interleave(group_size)
     c = batch.completion_ids.shape[1]
     completion = model(
         input_ids=batch.input_ids[:, p:],
         attention_mask=batch.attention_mask,
         position_ids=batch.position_ids[:, p:],
-        cache=cache,
         use_cache=True,
+        **hf_cache.passed(cache),
         logits_to_keep=c,
     )
     # row t predicts completion token t: the prompt's last position predicts token 0

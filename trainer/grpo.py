@@ -123,7 +123,9 @@ def grpo_step(s: GRPOState, step: int) -> dict[str, float]:
     metrics["lr"] = lr
     s.model.train()
     total_tokens = batch.policy_mask.sum().clamp(min=1).float()
-    order = torch.randperm(len(batch), generator=s.sample_gen, device="cpu").to(s.device)
+    # drawn on the sampling generator's own device (a CUDA generator cannot draw a CPU permutation)
+    draw_on = s.sample_gen.device if s.sample_gen is not None else "cpu"
+    order = torch.randperm(len(batch), generator=s.sample_gen, device=draw_on).to(s.device)
     if cfg.minibatches == 1:  # row order is irrelevant then: keep groups whole so prompts are shared
         order = torch.arange(len(batch), device=s.device)  # (the draw above keeps the sampling stream)
     acc = _Accumulator()

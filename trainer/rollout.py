@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from collapsewatch.trainer import env
+from collapsewatch.trainer import env, hf_cache
 
 TOOL_RESPONSE_TEMPLATE = (
     "\n<|im_start|>user\n<tool_response>\n{response}\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
@@ -190,7 +190,7 @@ def _generate_turn(model, contexts, fmt, max_new, temperature, generator, device
     ids, mask = _left_pad(contexts, fmt.pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    past, logits = out.cache, out.logits[:, -1]
+    past, logits = hf_cache.returned(out), out.logits[:, -1]
     pos = positions[:, -1]
     n = len(contexts)
     steps_ids, steps_logps = [], []
@@ -213,10 +213,10 @@ def _generate_turn(model, contexts, fmt, max_new, temperature, generator, device
             input_ids=token[:, None],
             attention_mask=mask,
             position_ids=pos[:, None],
-            cache=past,
             use_cache=True,
+            **hf_cache.passed(past),
         )
-        past, logits = out.cache, out.logits[:, -1]
+        past, logits = hf_cache.returned(out), out.logits[:, -1]
     all_ids = torch.stack(steps_ids, 1).tolist()
     all_logps = torch.stack(steps_logps, 1).tolist()
     new_ids, new_logps = [], []
