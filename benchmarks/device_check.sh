@@ -49,17 +49,23 @@ mkdir -p /tmp/cw/r33gpu
   echo "pytest exit $?"; grep -h "cuda sampler-trainer" "$OUT/logs/pytest.log") & pids+=($!)
 
 # 3. timing figures (measured while the runs above share the GPU: ratios within one process)
+[[ $STAGES == *bench* ]] && timeout 90 python3 "$REPO/benchmarks/capture_share.py" --device cuda \
+  >"$OUT/logs/capture_share.log" 2>&1
+echo "capture_share exit $?"; tail -1 "$OUT/logs/capture_share.log"
 [[ $STAGES == *bench* ]] && timeout 150 python3 "$REPO/benchmarks/hook_overhead.py" --device cuda --steps 16 --hidden 896 --layers 24 \
   --heads 14 >"$OUT/logs/hook_overhead.log" 2>&1
-echo "hook_overhead exit $?"; tail -1 "$OUT/logs/hook_overhead.log" | tee "$OUT/hook_overhead.json"
+echo "hook_overhead exit $?"; tail -1 "$OUT/logs/hook_overhead.log"
 [[ $STAGES == *bench* ]] && timeout 120 python3 "$REPO/benchmarks/trainer_vs_trl.py" --device cuda --steps 5 >"$OUT/logs/trainer_vs_trl.log" 2>&1
-echo "trainer_vs_trl exit $?"; tail -1 "$OUT/logs/trainer_vs_trl.log" | tee "$OUT/trainer_vs_trl.json"
+echo "trainer_vs_trl exit $?"; tail -1 "$OUT/logs/trainer_vs_trl.log"
 
 wait "${pids[@]}"
 # 4. what comes back: scans, the feature archive, and the runs without checkpoints or weights
+scans=()
 for run in "$RUNS"/* /tmp/cw/r33gpu/*; do
-  timeout 60 collapsewatch scan "$run" --json >"$OUT/logs/scan-$(basename "$run")$([[ $run == *r33gpu* ]] && echo -gpu).json" 2>&1
+  timeout 60 collapsewatch scan "$run" --json >"$OUT/logs/scan-$(basename "$run")$([[ $run == *r33gpu* ]] && echo -gpu).json" 2>&1 &
+  scans+=($!)
 done
+wait "${scans[@]}"
 timeout 120 python3 "$REPO/benchmarks/detection_eval.py" --root "$RUNS" --collapsing collapse --stable interleaved \
   --seeds 300 301 302 303 304 305 --plots '' --archive /tmp/cw/features --preset LSF >"$OUT/logs/detection_eval.log" 2>&1
 echo "detection_eval exit $?"
@@ -67,5 +73,5 @@ tar czf "$OUT/results.tgz" -C /tmp/cw features -C "$OUT" logs 2>/dev/null
 # steps, sequences and alerts first, token tables last: if the parts outgrow what comes back, the tail goes
 cd /tmp/cw && ls -d r33/*/* r33gpu/*/* | grep -v -E '/(checkpoint|model|tokens)$' >/tmp/cw/first.txt
 ls -d r33/*/tokens r33gpu/*/tokens >>/tmp/cw/first.txt
-tar czf - -T /tmp/cw/first.txt | split -b 15m - "$OUT/runs.tgz.part-"
+tar czf - -T /tmp/cw/first.txt | split -b 14m - "$OUT/runs.tgz.part-"
 ls -la "$OUT"
