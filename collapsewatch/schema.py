@@ -175,6 +175,7 @@ SCALARS = {
     "kl/mean": "token-mean KL to the reference policy, nats",
     "loss": "training loss",
     "grad_norm": "global gradient norm before clipping",
+    "updates/skipped_nonfinite": "optimizer steps skipped this step because the gradient was NaN or infinite",
     "lr": "learning rate",
     "clip/frac": "share of tokens whose ratio was clipped (low or high)",
     "clip/frac_low": "share clipped at 1 - eps",

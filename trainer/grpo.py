@@ -51,9 +51,35 @@ class GRPOState:
     probe: ControlProbe | None = None  # expert trajectories of held-out tasks (control_probe)
 
     def autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 autocast on CUDA, with cuDNN's attention kernel left out (`attention_kernels`)."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+        stack.enter_context(attention_kernels())
+        return stack
+
+
+def attention_kernels():
+    """SDPA restricted to flash, memory-efficient and math kernels. On an H200 (torch 2.11, bf16) the
+    cuDNN kernel's backward turned a left-padded `interleaved` update into NaN gradients, seed 301 at
+    step 4 every time; without it the same seeds ran clean (docs/reproduction.md, "On a GPU")."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3 has no cuDNN attention to leave out
         return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+def step_if_finite(opt: torch.optim.Optimizer, grad_norm: torch.Tensor) -> bool:
+    """Take the optimizer step unless the gradient is NaN or infinite: one such step would poison every
+    weight (clipping scales all gradients by it). The skipped update is counted, and the NaN grad_norm
+    it logs pages through the non_finite detector."""
+    if bool(torch.isfinite(grad_norm)):
+        opt.step()
+        return True
+    opt.zero_grad(set_to_none=True)
+    return False
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -128,7 +154,7 @@ def grpo_step(s: GRPOState, step: int) -> dict[str, float]:
     order = torch.randperm(len(batch), generator=s.sample_gen, device=draw_on).to(s.device)
     if cfg.minibatches == 1:  # row order is irrelevant then: keep groups whole so prompts are shared
         order = torch.arange(len(batch), device=s.device)  # (the draw above keeps the sampling stream)
-    acc = _Accumulator()
+    acc, skipped = _Accumulator(), 0
     for mb_index, rows in enumerate(order.chunk(cfg.minibatches)):
         mb = batch.rows(rows)
         mask, adv = mb.policy_mask.float(), advantages[rows].unsqueeze(1)
@@ -156,7 +182,7 @@ def grpo_step(s: GRPOState, step: int) -> dict[str, float]:
         s.opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.grad_clip)
-        s.opt.step()
+        skipped += not step_if_finite(s.opt, grad_norm)
         with torch.no_grad():
             n = mask.sum()
             low = (ratio < 1 - cfg.clip_low) & (adv < 0)  # clipped: the gradient of these tokens is zero
@@ -193,10 +219,12 @@ def grpo_step(s: GRPOState, step: int) -> dict[str, float]:
                 err_loss = sft_loss(s.model, [expert_rollout(fmt, t) for t in picked], fmt.pad_id, s.device)
             s.opt.zero_grad(set_to_none=True)
             err_loss.backward()
-            torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.grad_clip)
-            s.opt.step()
+            skipped += not step_if_finite(
+                s.opt, torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.grad_clip)
+            )
         metrics["sft/erroneous_loss"] = err_loss.item()
         metrics["sft/erroneous_tasks"] = float(len(recent))
+    metrics["updates/skipped_nonfinite"] = float(skipped)
 
     # --- 6. the fixed probe: teacher-forced log p of the expert's control tokens, held-out tasks ----
     # Each rank scores its share of the conversations; their sums add up to the one-process figures.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import random
 import socket
@@ -20,7 +21,7 @@ from collapsewatch.errors import UserError
 from collapsewatch.trainer import env
 from collapsewatch.trainer import model as model_lib
 from collapsewatch.trainer.batch import collate, completion_logits, grouped_completion_logits, token_logprobs
-from collapsewatch.trainer.grpo import GRPOState, control_probe, grpo_step
+from collapsewatch.trainer.grpo import GRPOState, attention_kernels, control_probe, grpo_step
 from collapsewatch.trainer.rollout import ChatFormat, RolloutSpec, expert_rollout, generate
 from collapsewatch.trainer.sft import expert_batch, sft_loss, train_sft
 from collapsewatch.trainer.tokenizer import CONTROL_TOKENS
@@ -171,6 +172,30 @@ def test_grpo_step_moves_logprobs_in_the_direction_of_the_advantages(tok, tiny_c
     assert metrics["reward/mean"] > 0 and metrics["success/rate"] == 0  # only the expert rows succeed
     assert mean_logp(experts) > expert_before + 0.01  # positive advantage: more likely
     assert mean_logp(samples) < sampled_before  # negative advantage: less likely
+
+
+def test_a_non_finite_gradient_skips_the_update_and_leaves_the_weights(tok, tiny_cfg):
+    s = _state(tiny_cfg, tok)
+    before = [p.detach().clone() for p in s.model.parameters()]
+    poison = s.model.model.layers[0].mlp.register_forward_hook(
+        lambda m, args, out: out * float("nan") if m.training else out
+    )
+    metrics = grpo_step(s, 1)
+    poison.remove()
+    assert metrics["updates/skipped_nonfinite"] == tiny_cfg.minibatches
+    assert not math.isfinite(metrics["grad_norm"])  # logged, so the non_finite detector pages
+    assert all(torch.equal(a, b) for a, b in zip(before, s.model.parameters(), strict=True))
+    metrics = grpo_step(s, 2)
+    assert metrics["updates/skipped_nonfinite"] == 0 and math.isfinite(metrics["grad_norm"])
+
+
+def test_attention_kernels_leave_out_cudnn_only():
+    """cuDNN's SDPA backward gave NaN gradients on an H200 (grpo.attention_kernels); the flags are
+    global, so this holds on a CPU-only torch too."""
+    with attention_kernels():
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+        assert torch.backends.cuda.math_sdp_enabled()
 
 
 def test_hints_sample_with_the_hint_but_train_on_the_hint_free_prompt(tok, tiny_cfg):
@@ -336,13 +361,14 @@ def _free_port() -> int:
 
 
 def test_ddp_on_two_cpu_processes(tmp_path, tiny_cfg, tok):
+    """--device cpu: on a machine with one GPU, "auto" would put rank 1 on a GPU that is not there."""
     cfg = dataclasses.asdict(tiny_cfg)
     sets = [f"--set={k}={cfg[k]}" for k in ("cache_dir", "vocab_size", "tokenizer_tasks", "sft_steps", "sft_batch",
                                              "tasks_per_step", "group_size", "max_turns", "max_turn_tokens",
                                              "max_context", "warmup_steps", "eval_tasks", "checkpoint_every")]  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            "-m", "collapsewatch.trainer.cli", "train", "--recipe", "collapse", "--out", str(tmp_path),
-           "--steps", "2", "--no-progress", *sets]  # fmt: skip
+           "--steps", "2", "--no-progress", "--device", "cpu", *sets]  # fmt: skip
     env_vars = os.environ | {"OMP_NUM_THREADS": "1", "COLLAPSEWATCH_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env_vars, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
