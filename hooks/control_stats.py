@@ -54,11 +54,12 @@ class ControlStepStats:
         self.sum_unexpected.index_add_(0, t, p_unexpected)
         self.count_unexpected.index_add_(0, t, unexpected.double())
         self.max_unexpected.scatter_reduce_(0, t_k, p_unexpected, reduce="amax")
-        q = (-control_logprobs.float() / math.log(2.0) * BINS_PER_BIT).round().clamp(0, NUM_BINS - 1).long()
+        bits = -control_logprobs.float() / math.log(2.0) * BINS_PER_BIT
+        q = bits.nan_to_num(nan=0.0).round().clamp(0, NUM_BINS - 1).long()
         cols = torch.arange(k, device=self.device).unsqueeze(0)
-        self.hist += torch.bincount(
-            ((t_k * k + cols) * NUM_BINS + q).reshape(-1), minlength=self.hist.numel()
-        )
+        # NaN log p (diverged logits) has no bin: the histogram skips it, the means and maxima turn NaN
+        bins = ((t_k * k + cols) * NUM_BINS + q)[~bits.isnan()]
+        self.hist += torch.bincount(bins, minlength=self.hist.numel())
 
     def _move(self, device: torch.device) -> None:
         for name in (

@@ -128,3 +128,19 @@ def test_the_slide_pages_a_success_first_collapse_at_groups_of_16():
     assert _page("r32/collapse-s214.parquet", RULE_LS) == 51
     assert _page("r32/collapse-s214.parquet", RULE_LSF) == 30
     assert "slide" in _pages("r32/collapse-s214.parquet", RULE_LSF)[0].evidence["families"]
+
+
+@pytest.mark.parametrize(("archive", "onset", "page"), [("collapse-s301", 27, 23), ("collapse-s305", 30, 28)])
+def test_a_gpu_collapse_is_paged_before_its_onset(archive, onset, page):
+    """Round 33 (docs/detection.md): runs trained on an H200 in bf16 are paged as CPU runs are."""
+    inputs, features = load_archive(ARCHIVES / f"r33/{archive}.parquet")
+    findings = findings_of(inputs, features, {})
+    assert findings.collapse_onset_step == onset and findings.first_critical_step == page
+
+
+def test_a_bf16_nan_is_paged_by_non_finite_alone():
+    """Round 33: interleaved s300 went NaN in the update at step 64 (cuDNN attention, since left out);
+    the numerics family pages it there and no collapse rule fires on the run."""
+    pages = _pages("r33/interleaved-s300.parquet", RULE_LSF)
+    assert first_critical_step(pages) == 64
+    assert {a.detector for a in pages} == {"non_finite"}

@@ -133,3 +133,17 @@ def test_control_stats_against_numpy():
         out[control_stat_name("b", "other", "unexpected_mean")]
         != out[control_stat_name("b", "other", "mean")]
     )
+
+
+def test_control_stats_take_nan_logprobs_without_failing():
+    """Diverged logits (NaN, as a bf16 update produced on an H200) must not fail the step's capture:
+    the histogram skips them and the mean turns NaN, which the detectors read as non-finite."""
+    logp = torch.log_softmax(torch.randn(6, 10), -1)[:, :3]
+    logp[2, 1] = math.nan
+    logp[4, 0] = -math.inf  # p = 0 is a value, not a failure
+    stats = ControlStepStats(CTRL)
+    stats.add(logp, torch.zeros(6, dtype=torch.long), torch.zeros(6, dtype=torch.long))
+    out = stats.scalars(["a", "b", "c"])
+    assert math.isnan(out[control_stat_name("b", "other", "mean")])
+    assert math.isfinite(out[control_stat_name("a", "other", "mean")])
+    assert int(stats.hist.sum()) == 6 * 3 - 1

@@ -217,3 +217,19 @@ def test_top_alternatives_for_many_control_positions(tmp_path):
     np.testing.assert_allclose(
         np.stack(tokens.top_logprobs.to_numpy()), ref.values.reshape(600, 5).numpy(), rtol=1e-5
     )
+
+
+def test_diverged_logits_are_recorded_not_counted_as_a_failure(tmp_path):
+    """NaN logits (a diverged update) are what the run must show: the capture records the step's rows
+    and its non-finite statistics instead of failing (on an H200 it once failed in the histogram)."""
+    with Recorder(tmp_path, "nan", control_tokens=CONTROLS, capture="all", live_detectors=False) as rec:
+        logits, ids, mask = batch(1)
+        logits[1] = float("nan")
+        rec.log_logits(1, logits, ids, mask)
+        rec.end_step(1)
+        assert rec.failures == {}
+    run = open_run(tmp_path / "nan")
+    tokens = run.tokens()
+    assert len(tokens) == 4 * 8 - 3 and tokens[tokens.seq == 1].logprob.isna().all()
+    step = run.steps().set_index("step").loc[1]
+    assert np.isnan(step["ctrl/<|im_end|>/other/mean"])  # NaN-skipping would hide the divergence
