@@ -25,7 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", default=None, metavar="PATH", help="local HF causal LM to start from (skips warm start)"
     )
-    p.add_argument("--model-size", default=None, choices=["cpu", "gpu"], help="size of the built-in model")
+    p.add_argument(
+        "--model-size", default=None, choices=["cpu", "gpu"],
+        help="built-in model: cpu (~1M parameters; the calibrated one, on a GPU too; default) or gpu (25M, "
+        "not calibrated: its warm start is weak, docs/reproduction.md)",
+    )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue ROOT/<recipe>-s<seed> from its checkpoint")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1)")
     p.add_argument(
@@ -50,8 +54,6 @@ def run_train(args: argparse.Namespace) -> int:
         overrides["model_path"] = args.model
     if args.model_size:
         overrides["model_size"] = args.model_size
-    elif args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
-        overrides["model_size"] = "gpu"
     cfg = recipe(args.recipe, **overrides).override_from_strings(args.set)
     try:
         train(cfg, args.out, resume=args.resume, progress=not args.no_progress)

@@ -17,7 +17,8 @@ from transformers import (
 
 from collapsewatch.errors import UserError
 
-# cpu: ~1M parameters, a GRPO step in seconds on one core. gpu: ~30M parameters. tiny: for tests.
+# cpu: ~1M parameters, a GRPO step in seconds on one core (the calibrated size, also on a GPU).
+# gpu: 25M parameters, not calibrated (its warm start scored 0.06 on an H200). tiny: for tests.
 SIZES = {
     "tiny": dict(
         hidden_size=32,

@@ -28,7 +28,7 @@ class TrainConfig:
     seed: int = 0
     steps: int = 80  # RL steps (one rollout batch each)
     device: str = "auto"  # auto | cpu | cuda
-    model_size: str = "cpu"  # cpu (~1M params) | gpu (~30M params)
+    model_size: str = "cpu"  # cpu (~1M params; the calibrated one, on a GPU too) | gpu (25M, uncalibrated)
     model_path: str | None = None  # any local HF causal LM; skips the warm start
     vocab_size: int = 1024
     tokenizer_tasks: int = 1500  # expert conversations the BPE is trained on
