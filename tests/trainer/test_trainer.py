@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import math
 import os
 import random
@@ -187,6 +188,15 @@ def test_a_non_finite_gradient_skips_the_update_and_leaves_the_weights(tok, tiny
     assert all(torch.equal(a, b) for a, b in zip(before, s.model.parameters(), strict=True))
     metrics = grpo_step(s, 2)
     assert metrics["updates/skipped_nonfinite"] == 0 and math.isfinite(metrics["grad_norm"])
+
+
+def test_the_kv_cache_keyword_is_the_one_the_installed_transformers_takes():
+    """`cache` in transformers 5.24, `past_key_values` in 5.17 (the H200 image): trainer/hf_cache.py."""
+    from transformers import Qwen2ForCausalLM
+
+    from collapsewatch.trainer import hf_cache
+
+    assert hf_cache.NAME in inspect.signature(Qwen2ForCausalLM.forward).parameters
 
 
 def test_attention_kernels_leave_out_cudnn_only():
