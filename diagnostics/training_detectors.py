@@ -277,7 +277,8 @@ class NonFinite(Detector):
             f,
             "critical",
             f"Non-finite values at step {f.step}: {', '.join(sorted(bad)[:6])}. The update diverged. Likely fix: "
-            "restore the last good checkpoint, lower the learning rate, check for fp16 overflow.",
+            "restore the last good checkpoint, lower the learning rate, check for fp16 overflow; in bf16 on "
+            "CUDA, try another attention kernel (cuDNN's SDPA backward gave NaN gradients on an H200).",
             math.nan,
             math.nan,
             key="nonfinite",
