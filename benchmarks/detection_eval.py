@@ -332,6 +332,25 @@ def plot_leads(leads: dict[str, list[int]], out_dir: Path, top: int = 20) -> str
     return str(save_figure(fig, out_dir / "detect-leads.png", dpi=80))
 
 
+def issue_figures(per_run: list[dict]) -> dict:
+    """The issue's headline figures over per-run rows, by its fixed definitions: a collapse is a run
+    of a collapsing recipe that crossed the onset line, detected where its first critical alert is at
+    or before the onset; the median lead is over the collapses with a critical alert (late ones
+    negative). Shared with pooled_eval.py, so pooled and per-round figures cannot drift apart."""
+    collapsed = [r for r in per_run if r["kind"] == "collapsing" and r["onset"] is not None]
+    stable = [r for r in per_run if r["kind"] == "stable"]
+    leads = [r["lead"] for r in collapsed if r["lead"] is not None]
+    detected = sum(x >= 0 for x in leads)
+    return {
+        "collapsing_runs": len(collapsed),
+        "detected_by_onset": detected,
+        "detected_by_onset_fraction": round(detected / len(collapsed), 3) if collapsed else None,
+        "median_lead_steps": float(np.median(leads)) if leads else None,
+        "stable_runs": len(stable),
+        "stable_runs_with_critical": sum(1 for r in stable if r["first_critical"] is not None),
+    }
+
+
 def wilson_interval(hits: int, n: int, z: float = 1.96) -> list[float] | None:
     """95% interval for a rate from few runs: a point estimate over 7 runs says little on its own."""
     if n == 0:
@@ -533,6 +552,7 @@ def main() -> None:
     )
     for r in per_run:
         print(json.dumps(r, default=str), file=sys.stderr)
+    figures = issue_figures(per_run)
     result = {
         "benchmark": "detection_eval",
         "root": str(root),
@@ -541,14 +561,14 @@ def main() -> None:
         "seeds": args.seeds,
         "warmup": args.warmup,
         "config_overrides": overrides,
-        "collapsing_runs": len(collapsed),
+        "collapsing_runs": figures["collapsing_runs"],
         "collapsing_recipe_runs_without_collapse": sum(
             1 for r in per_run if r["kind"] == "collapsing" and r["onset"] is None
         ),
-        "detected_by_onset_fraction": round(len(detected) / n_collapsed, 3) if collapsed else None,
-        "median_lead_steps": float(np.median(lead_vals)) if lead_vals else None,
-        "stable_runs": len(stable),
-        "stable_runs_with_critical": sum(1 for r in stable if r["first_critical"] is not None),
+        "detected_by_onset_fraction": figures["detected_by_onset_fraction"],
+        "median_lead_steps": figures["median_lead_steps"],
+        "stable_runs": figures["stable_runs"],
+        "stable_runs_with_critical": figures["stable_runs_with_critical"],
         # how much the figures above can be trusted, given how few runs there are
         "ci95": {
             "detected_by_onset_fraction": wilson_interval(len(detected), len(collapsed)),

@@ -3,9 +3,8 @@
 Each round keeps its runs' detector inputs in docs/data/features/<round>/ and its held-out result in
 docs/data/deteval<N>-heldout.json, which names the round's seeds and recipes. This replays
 `detection_eval.py` with one preset (and --set overrides) on each round and pools the runs, as the
-issue's figures are defined: a collapse counts where the run crossed the onset line, it is detected
-where the first critical alert is at or before the onset, and the median lead is over every crossed
-collapse with a critical alert (late ones negative). Stable runs are split into supervised recipes
+issue's figures are defined (`detection_eval.issue_figures`, the same code as each round's own
+figures). Stable runs are split into supervised recipes
 and the unsupervised control (`low-lr`). Prints one line per round, then the pooled JSON last.
 
     .venv/bin/python benchmarks/pooled_eval.py --preset LSF --rounds r27 r28 r29 r29lr r30 r31 r32
@@ -19,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
+from detection_eval import issue_figures  # this script's folder is on sys.path when it runs
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "docs" / "data"
@@ -59,22 +58,20 @@ def replay(name: str, archive_root: Path, preset: str, overrides: list[str], as_
 
 
 def pool(per_round: dict[str, dict]) -> dict:
-    runs = [r | {"round": name} for name, d in per_round.items() for r in d["runs"]]
-    collapsed = [r for r in runs if r["kind"] == "collapsing" and r["onset"] is not None]
-    leads = [r["lead"] for r in collapsed if r["lead"] is not None]
+    """detection_eval's issue figures over every round's runs, stable runs split by supervision."""
+    runs = [r for d in per_round.values() for r in d["runs"]]
+    figures = issue_figures(runs)
     stable = [r for r in runs if r["kind"] == "stable"]
     control = [r for r in stable if r["run"].rsplit("-s", 1)[0] in UNSUPERVISED]
-    supervised = [r for r in stable if r not in control]
-    paged = lambda rs: sum(r["first_critical"] is not None for r in rs)  # noqa: E731
+    paged_control = sum(r["first_critical"] is not None for r in control)
     return {
-        "collapsing_runs": len(collapsed),
-        "detected_by_onset": sum(x >= 0 for x in leads),
-        "detected_by_onset_fraction": round(sum(x >= 0 for x in leads) / max(len(collapsed), 1), 3),
-        "median_lead_steps": float(np.median(leads)) if leads else None,
-        "supervised_runs": len(supervised),
-        "supervised_runs_with_critical": paged(supervised),
+        key: figures[key]
+        for key in ("collapsing_runs", "detected_by_onset", "detected_by_onset_fraction", "median_lead_steps")
+    } | {
+        "supervised_runs": figures["stable_runs"] - len(control),
+        "supervised_runs_with_critical": figures["stable_runs_with_critical"] - paged_control,
         "unsupervised_stable_runs": len(control),
-        "unsupervised_stable_runs_with_critical": paged(control),
+        "unsupervised_stable_runs_with_critical": paged_control,
     }
 
 
