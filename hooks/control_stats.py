@@ -57,9 +57,11 @@ class ControlStepStats:
         bits = -control_logprobs.float() / math.log(2.0) * BINS_PER_BIT
         q = bits.nan_to_num(nan=0.0).round().clamp(0, NUM_BINS - 1).long()
         cols = torch.arange(k, device=self.device).unsqueeze(0)
-        # NaN log p (diverged logits) has no bin: the histogram skips it, the means and maxima turn NaN
-        bins = ((t_k * k + cols) * NUM_BINS + q)[~bits.isnan()]
-        self.hist += torch.bincount(bins, minlength=self.hist.numel())
+        # index_add_, not bincount or a boolean mask: both wait for the GPU (bincount sizes its output
+        # from the largest index). NaN log p (diverged logits) adds 0: the histogram skips it, the means
+        # and maxima turn NaN.
+        bins = ((t_k * k + cols) * NUM_BINS + q).reshape(-1)
+        self.hist.index_add_(0, bins, (~bits.isnan()).reshape(-1).long())
 
     def _move(self, device: torch.device) -> None:
         for name in (
