@@ -62,8 +62,9 @@ class GRPOState:
 
 def attention_kernels():
     """SDPA restricted to flash, memory-efficient and math kernels. On an H200 (torch 2.11, bf16) the
-    cuDNN kernel's backward turned a left-padded `interleaved` update into NaN gradients, seed 301 at
-    step 4 every time; without it the same seeds ran clean (docs/reproduction.md, "On a GPU")."""
+    cuDNN kernel's backward turned an `interleaved` update into NaN gradients (seed 301 at step 4 in
+    both of its runs); without it that seed ran clean through step 14 (docs/reproduction.md, "On a
+    GPU")."""
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
     except ImportError:  # torch < 2.3 has no cuDNN attention to leave out
