@@ -75,12 +75,12 @@ def attention_kernels():
 def step_if_finite(opt: torch.optim.Optimizer, grad_norm: torch.Tensor) -> bool:
     """Take the optimizer step unless the gradient is NaN or infinite: one such step would poison every
     weight (clipping scales all gradients by it). The skipped update is counted, and the NaN grad_norm
-    it logs pages through the non_finite detector."""
-    if bool(torch.isfinite(grad_norm)):
+    it logs pages through the non_finite detector. (Every backward here follows a zero_grad, so the
+    skipped gradient is dropped there.)"""
+    finite = bool(torch.isfinite(grad_norm))
+    if finite:
         opt.step()
-        return True
-    opt.zero_grad(set_to_none=True)
-    return False
+    return finite
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
