@@ -59,8 +59,9 @@ def token_stats_from_logits(
         peak = x.amax(dim=-1, keepdim=True).clamp_min(lowest)
         x = (x - peak).clamp_min_(lowest)  # a new tensor; -inf logits (masked vocab) -> finite, p = 0
         # One exp over the vocabulary: with x <= 0 and its max at 0, sum(e^x) >= 1, so
-        # lse = log sum(e^x) and E_p[x] = sum(e^x * x) / sum(e^x) need no normalised p (2.6x faster
-        # in fp32 on a CPU than logsumexp followed by a second exp; the same to 2e-6 nats)
+        # lse = log sum(e^x) and E_p[x] = sum(e^x * x) / sum(e^x) need no normalised p (on a CPU,
+        # 2.55 -> 1.03 s per 1k fp32 tokens of a 151,936 vocabulary against logsumexp and a second
+        # exp, docs/hooks.md; the same to 2e-6 nats)
         e = torch.exp(x)
         total = e.sum(dim=-1)
         lse = total.log()
