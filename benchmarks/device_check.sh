@@ -27,7 +27,9 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1 COLLAPS
 [[ $STAGES == *install* ]] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$REPO"/.whl/*.whl
 export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH
 # the source tree's collapsewatch/ would shadow the installed package (hooks/ etc. are mapped into it)
-mv "$REPO/collapsewatch" /tmp/cw/collapsewatch-src
+# for tests that run `python -m` from the repo; it goes back on exit, so a checkout is left as it was
+ASIDE=$(mktemp -d)
+mv "$REPO/collapsewatch" "$ASIDE/" && trap 'mv "$ASIDE/collapsewatch" "$REPO/"' EXIT
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, transformers, pyarrow; print('torch', torch.__version__, 'cuda', torch.version.cuda,
   'transformers', transformers.__version__, 'pyarrow', pyarrow.__version__, torch.cuda.is_available())"
