@@ -12,8 +12,13 @@ an SFT loss, so those are `off-policy` here). An AUC near 1 or 0 separates; 0.5 
 statistic that separates collapses from the control but not from supervised runs at the same
 learning rate reads the learning rate, not the collapse. The last line is one JSON object.
 
+`--at page --preset LSF` asks the same at each run's first page under a preset instead (collapses
+paged by their onset against runs that held and were paged: can a page be told apart when it
+comes?). `--scale fold` takes the 5-step mean over the warm-up mean instead of the difference, which
+removes what only scales with the learning rate. The pseudo-statistic `when/step` is the step itself.
+
 Usage: .venv/bin/python benchmarks/slide_separation.py --root docs/data/features/r2{6,7,8,9} \
-    docs/data/features/r29lr docs/data/features/r30 [--lag 4] [--top 12]
+    docs/data/features/r29lr docs/data/features/r30 [--lag 4] [--top 12] [--at page --preset LSF]
 """
 
 from __future__ import annotations
@@ -27,22 +32,23 @@ import numpy as np
 import pandas as pd
 from detection_eval import WARMUP, features_table, success_of
 
-from collapsewatch.diagnostics.detector_base import MonitorConfig
+from collapsewatch.diagnostics.detector_base import PRESETS, MonitorConfig
 from collapsewatch.diagnostics.feature_archive import load_archive
 from collapsewatch.diagnostics.features import StepFeatures
 from collapsewatch.diagnostics.onset import collapse_onset
-from collapsewatch.diagnostics.scan import read_inputs, step_features_of
+from collapsewatch.diagnostics.scan import RunInputs, first_critical_step, read_inputs, replay_features, step_features_of
 from collapsewatch.diagnostics.success_slide import SuccessSlide
 
 F2 = {"slide_success_drop": 0.75, "slide_persist": 1, "slide_entropy_rise": 0.0}
 SKIPPED = ("time/", "lr", "step")  # wall-clock and the schedule itself
 
 
-def runs_under(root: Path) -> list[tuple[str, list[StepFeatures]]]:
-    """(name, features) of every feature archive or run folder directly under `root`."""
-    found = [(p.stem, load_archive(p)[1]) for p in sorted(root.glob("*.parquet"))]
+def runs_under(root: Path) -> list[tuple[str, RunInputs, list[StepFeatures]]]:
+    """(name, inputs, features) of every feature archive or run folder directly under `root`."""
+    found = [(p.stem, *load_archive(p)) for p in sorted(root.glob("*.parquet"))]
     for run in sorted(p.parent for p in root.glob("*/run.json")):
-        found.append((run.name, step_features_of(read_inputs(run))))
+        inputs = read_inputs(run)
+        found.append((run.name, inputs, step_features_of(inputs)))
     return found
 
 
@@ -52,15 +58,25 @@ def slide_step(features: list[StepFeatures]) -> int | None:
     return next((f.step for f in features if detector.update(f)), None)
 
 
-def shifts_at(table: pd.DataFrame, step: int) -> dict[str, float]:
-    """Each statistic's 5-step mean at `step` minus its mean over the warm-up steps."""
+def page_step(inputs: RunInputs, features: list[StepFeatures], preset: str) -> int | None:
+    """The run's first page under a preset, as `scan` would give it."""
+    alerts, _ = replay_features(features, inputs.run.control_tokens, dict(PRESETS[preset]))
+    return first_critical_step(alerts)
+
+
+def shifts_at(table: pd.DataFrame, step: int, scale: str = "shift") -> dict[str, float]:
+    """Each statistic's 5-step mean at `step` minus (`fold`: over) its mean over the warm-up steps."""
     numeric = table.drop(columns=[c for c in table.columns if c.startswith(SKIPPED)])
     numeric = numeric.apply(pd.to_numeric, errors="coerce")
     rolling = numeric.rolling(5, min_periods=1).mean()
     row = int(np.searchsorted(table["step"].to_numpy(), step))
     row = min(row, len(table) - 1)
     warm = numeric.iloc[:WARMUP].mean()
-    return (rolling.iloc[row] - warm).to_dict()
+    if scale == "fold":
+        moved = rolling.iloc[row] / warm.where(warm.abs() > 1e-12)
+    else:
+        moved = rolling.iloc[row] - warm
+    return moved.to_dict() | {"when/step": float(step)}
 
 
 def auc(high: list[float], low: list[float]) -> float | None:
@@ -85,24 +101,28 @@ def main() -> None:
     ap.add_argument("--control", nargs="+", default=["low-lr"], help="recipes without supervision")
     ap.add_argument("--lag", type=int, default=0, help="steps after the slide's first step")
     ap.add_argument("--top", type=int, default=12, help="statistics printed, by distance from 0.5")
+    ap.add_argument("--at", choices=("slide", "page"), default="slide",
+                    help="the step scored: F2's slide, or the first page under --preset")  # fmt: skip
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="LSF", help="the setting whose page --at page reads")
+    ap.add_argument("--scale", choices=("shift", "fold"), default="shift", help="5-step mean minus, or over, the warm-up")
     args = ap.parse_args()
     groups: dict[str, list[dict[str, float]]] = {"collapse": [], "control": [], "supervised": []}
     runs = []
     for root in map(Path, args.root):
-        for name, features in runs_under(root):
+        for name, inputs, features in runs_under(root):
             recipe = re.sub(r"-s\d+$", "", name)
             table = features_table(features)
             onset = collapse_onset(table["step"].to_numpy(), success_of(table)[0])
-            step = slide_step(features)
+            step = slide_step(features) if args.at == "slide" else page_step(inputs, features, args.preset)
             if recipe in args.collapsing:
                 group = "collapse" if onset is not None and step is not None and step <= onset else None
             else:
                 group = None if onset is not None else "control" if recipe in args.control else "supervised"
-            runs.append({"run": f"{root.name}/{name}", "onset": onset, "slide_step": step, "group": group})
+            runs.append({"run": f"{root.name}/{name}", "onset": onset, "step": step, "group": group})
             if group is not None and step is not None:
-                groups[group].append(shifts_at(table, step + args.lag))
+                groups[group].append(shifts_at(table, step + args.lag, args.scale))
     if not groups["collapse"] or not groups["control"]:
-        raise SystemExit("need collapses with a slide before their onset and control runs with a slide")
+        raise SystemExit(f"need collapses with a {args.at} before their onset and control runs with a {args.at}")
     names = sorted(set().union(*(g.keys() for rows in groups.values() for g in rows)))
     table = []
     for n in names:
@@ -115,13 +135,15 @@ def main() -> None:
             "auc_vs_control": vs_control,
             "auc_vs_supervised": auc(values["collapse"], values["supervised"]),
             "median_shift": {g: _median(v) for g, v in values.items()},
+            "runs": {g: int(np.isfinite(v).sum()) for g, v in values.items()},  # fold: a zero warm-up drops a run
         })  # fmt: skip
     table.sort(key=lambda r: -abs(r["auc_vs_control"] - 0.5))
     for r in table[: args.top]:
         print(json.dumps(r))
     counts = {g: len(rows) for g, rows in groups.items()}
-    print(json.dumps({"benchmark": "slide_separation", "setting": F2, "lag": args.lag, "runs_scored": counts,
-                      "statistics": table, "runs": runs}))  # fmt: skip
+    setting = F2 if args.at == "slide" else {"preset": args.preset}
+    print(json.dumps({"benchmark": "slide_separation", "at": args.at, "setting": setting, "lag": args.lag,
+                      "scale": args.scale, "runs_scored": counts, "statistics": table, "runs": runs}))  # fmt: skip
 
 
 if __name__ == "__main__":

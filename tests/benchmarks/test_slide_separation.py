@@ -26,12 +26,26 @@ def test_groups_runs_and_scores_statistics_on_round_30(run_benchmark) -> None:
     )
     runs = {r["run"]: r for r in result["runs"]}
     # every collapse of round 30 slid to 0.75 of its peak before its onset (docs/detection.md)
-    assert all(r["group"] == "collapse" and r["slide_step"] < r["onset"]
+    assert all(r["group"] == "collapse" and r["step"] < r["onset"]
                for name, r in runs.items() if "/collapse-" in name)  # fmt: skip
-    assert runs["r30/low-lr-s204"]["group"] == "control" and runs["r30/low-lr-s204"]["slide_step"] == 22
+    assert runs["r30/low-lr-s204"]["group"] == "control" and runs["r30/low-lr-s204"]["step"] == 22
     assert runs["r30/off-policy-s201"]["group"] is None  # crossed the onset line: in no group
-    assert runs["r30/sync-sft-s200"]["slide_step"] is None  # logs an SFT loss: the slide is off
+    assert runs["r30/sync-sft-s200"]["step"] is None  # logs an SFT loss: the slide is off
     assert result["runs_scored"] == {"collapse": 8, "control": 6, "supervised": 1}
     names = {s["statistic"] for s in result["statistics"]}
     assert {"entropy/mean", "state/broken_turns", "tool_calls/per_rollout"} <= names
     assert all(0.0 <= s["auc_vs_control"] <= 1.0 for s in result["statistics"])
+
+
+def test_scores_each_runs_first_page_when_asked(run_benchmark) -> None:
+    result = run_benchmark(
+        "slide_separation.py", "--root", str(REPO / "docs" / "data" / "features" / "r30"),
+        "--at", "page", "--preset", "A", "--scale", "fold",
+    )  # fmt: skip
+    runs = {r["run"]: r for r in result["runs"]}
+    # round 30 under A: every collapse paged by its onset, 3 of the 6 low-LR runs paged (docs/detection.md)
+    assert result["runs_scored"]["collapse"] == 8 and result["runs_scored"]["control"] == 3
+    assert runs["r30/low-lr-s200"]["step"] == 52 and runs["r30/low-lr-s202"]["step"] is None
+    when = next(s for s in result["statistics"] if s["statistic"] == "when/step")
+    assert when["median_shift"]["control"] > when["median_shift"]["collapse"]  # the low-LR pages came late
+    assert result["at"] == "page" and result["setting"] == {"preset": "A"} and result["scale"] == "fold"
