@@ -36,7 +36,13 @@ from collapsewatch.diagnostics.detector_base import PRESETS, MonitorConfig
 from collapsewatch.diagnostics.feature_archive import load_archive
 from collapsewatch.diagnostics.features import StepFeatures
 from collapsewatch.diagnostics.onset import collapse_onset
-from collapsewatch.diagnostics.scan import RunInputs, first_critical_step, read_inputs, replay_features, step_features_of
+from collapsewatch.diagnostics.scan import (
+    RunInputs,
+    first_critical_step,
+    read_inputs,
+    replay_features,
+    step_features_of,
+)
 from collapsewatch.diagnostics.success_slide import SuccessSlide
 
 F2 = {"slide_success_drop": 0.75, "slide_persist": 1, "slide_entropy_rise": 0.0}
@@ -103,8 +109,12 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=12, help="statistics printed, by distance from 0.5")
     ap.add_argument("--at", choices=("slide", "page"), default="slide",
                     help="the step scored: F2's slide, or the first page under --preset")  # fmt: skip
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="LSF", help="the setting whose page --at page reads")
-    ap.add_argument("--scale", choices=("shift", "fold"), default="shift", help="5-step mean minus, or over, the warm-up")
+    ap.add_argument(
+        "--preset", choices=sorted(PRESETS), default="LSF", help="the setting whose page --at page reads"
+    )
+    ap.add_argument(
+        "--scale", choices=("shift", "fold"), default="shift", help="5-step mean minus, or over, the warm-up"
+    )
     args = ap.parse_args()
     groups: dict[str, list[dict[str, float]]] = {"collapse": [], "control": [], "supervised": []}
     runs = []
@@ -122,7 +132,9 @@ def main() -> None:
             if group is not None and step is not None:
                 groups[group].append(shifts_at(table, step + args.lag, args.scale))
     if not groups["collapse"] or not groups["control"]:
-        raise SystemExit(f"need collapses with a {args.at} before their onset and control runs with a {args.at}")
+        raise SystemExit(
+            f"need collapses with a {args.at} before their onset and control runs with a {args.at}"
+        )
     names = sorted(set().union(*(g.keys() for rows in groups.values() for g in rows)))
     table = []
     for n in names:
