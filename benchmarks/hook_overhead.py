@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 import torch
+from capture_share import timed as seconds_per_call  # this script's folder is on sys.path when it runs
 
 
 def build_trainer(out_dir: str, tok: Any, state: dict, args_ns: argparse.Namespace) -> Any:
@@ -109,21 +110,14 @@ def capture_math_ms_per_1k_tokens(device: str, tokens: int = 256, vocab: int = 1
     from collapsewatch.hooks.capture import token_stats_from_logits
 
     tokens = tokens * 16 if device == "cuda" else tokens
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     out = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         logits = torch.randn(1, tokens, vocab, device=device).to(dtype)
         ids = torch.randint(0, vocab, (1, tokens), device=device)
         ctrl = list(range(151_643, 151_651))
-        token_stats_from_logits(logits, ids, ctrl)  # warm-up
-        times = []
-        for _ in range(3):
-            sync()
-            t0 = time.perf_counter()
-            token_stats_from_logits(logits, ids, ctrl)
-            sync()
-            times.append(time.perf_counter() - t0)
-        out[f"capture_math_{device}_ms_per_1k_tokens_{name}"] = round(min(times) / tokens * 1e6, 3)
+        call = functools.partial(token_stats_from_logits, logits, ids, ctrl)
+        seconds = seconds_per_call(call, device, reps=3, reduce=min)
+        out[f"capture_math_{device}_ms_per_1k_tokens_{name}"] = round(seconds / tokens * 1e6, 3)
     return out
 
 
