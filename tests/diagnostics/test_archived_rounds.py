@@ -144,3 +144,22 @@ def test_a_bf16_nan_is_paged_by_non_finite_alone():
     pages = _pages("r33/interleaved-s300.parquet", RULE_LSF)
     assert first_critical_step(pages) == 64
     assert {a.detector for a in pages} == {"non_finite"}
+
+
+@pytest.mark.parametrize(
+    ("archive", "onset", "a_page", "lsf_page"),
+    [
+        ("low-lr-s344", 41, 32, 32),  # a low-LR run that collapsed: paged 9 steps ahead
+        ("low-lr-s342", None, 47, 47),  # held: a structural excursion it survived, paged
+        ("low-lr-s341", None, None, 51),  # held: only the success slide pages it
+        ("low-lr-s340", None, None, None),  # held, quiet
+        ("collapse-s340", 31, 33, 31),  # lost success first: A 2 steps late, the slide at the onset
+    ],
+)
+def test_unsupervised_runs_of_round_34(archive, onset, a_page, lsf_page):
+    """Round 34 (docs/detection.md): at a 3.5x lower learning rate without supervision most runs hold
+    and about half of those are paged; two of eight collapsed."""
+    inputs, features = load_archive(ARCHIVES / f"r34/{archive}.parquet")
+    findings = findings_of(inputs, features, {})
+    assert findings.collapse_onset_step == onset and findings.first_critical_step == a_page
+    assert _page(f"r34/{archive}.parquet", RULE_LSF) == lsf_page
