@@ -163,3 +163,13 @@ def test_unsupervised_runs_of_round_34(archive, onset, a_page, lsf_page):
     findings = findings_of(inputs, features, {})
     assert findings.collapse_onset_step == onset and findings.first_critical_step == a_page
     assert _page(f"r34/{archive}.parquet", RULE_LSF) == lsf_page
+
+
+def test_a_low_lr_run_that_holds_is_paged_once_watched_long_enough():
+    """Round 35: s343 held to step 160 without crossing the onset line; quiet through step 80, it was
+    paged at 114 as its broken turns crept up, and s347's standing condition re-paged every 20 steps."""
+    inputs, features = load_archive(ARCHIVES / "r35/low-lr-s343.parquet")
+    findings = findings_of(inputs, features, {})
+    assert findings.steps == 160 and findings.collapse_onset_step is None
+    assert findings.first_critical_step == 114
+    assert [a.step for a in _pages("r35/low-lr-s347.parquet", {})] == [65, 85, 105, 125, 145]
