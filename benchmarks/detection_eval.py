@@ -530,7 +530,6 @@ def main() -> None:
 
     collapsed = [r for r in per_run if r["kind"] == "collapsing" and r["onset"] is not None]
     stable = [r for r in per_run if r["kind"] == "stable"]
-    detected = [r for r in collapsed if r["lead"] is not None and r["lead"] >= 0]
     lead_vals = [r["lead"] for r in collapsed if r["lead"] is not None]
     base_vals = [r["baseline_lead"] for r in collapsed if r["baseline_lead"] is not None]
     n_collapsed = max(len(collapsed), 1)
@@ -571,10 +570,12 @@ def main() -> None:
         "stable_runs_with_critical": figures["stable_runs_with_critical"],
         # how much the figures above can be trusted, given how few runs there are
         "ci95": {
-            "detected_by_onset_fraction": wilson_interval(len(detected), len(collapsed)),
+            "detected_by_onset_fraction": wilson_interval(
+                figures["detected_by_onset"], figures["collapsing_runs"]
+            ),
             "median_lead_steps": median_interval(lead_vals),
             "stable_run_critical_rate": wilson_interval(
-                sum(1 for r in stable if r["first_critical"] is not None), len(stable)
+                figures["stable_runs_with_critical"], figures["stable_runs"]
             ),
             "baseline_median_lead_steps": median_interval(base_vals),
         },

@@ -55,13 +55,14 @@ class ControlStepStats:
         self.count_unexpected.index_add_(0, t, unexpected.double())
         self.max_unexpected.scatter_reduce_(0, t_k, p_unexpected, reduce="amax")
         bits = -control_logprobs.float() / math.log(2.0) * BINS_PER_BIT
-        q = bits.nan_to_num(nan=0.0).round().clamp(0, NUM_BINS - 1).long()
+        nan = bits.isnan()
+        q = bits.masked_fill(nan, 0.0).round().clamp(0, NUM_BINS - 1).long()
         cols = torch.arange(k, device=self.device).unsqueeze(0)
         # index_add_, not bincount or a boolean mask: both wait for the GPU (bincount sizes its output
         # from the largest index). NaN log p (diverged logits) adds 0: the histogram skips it, the means
         # and maxima turn NaN.
         bins = ((t_k * k + cols) * NUM_BINS + q).reshape(-1)
-        self.hist.index_add_(0, bins, (~bits.isnan()).reshape(-1).long())
+        self.hist.index_add_(0, bins, (~nan).reshape(-1).long())
 
     def _move(self, device: torch.device) -> None:
         for name in (
