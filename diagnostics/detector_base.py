@@ -145,7 +145,7 @@ class MonitorConfig:
     # combined verdict
     verdict_window: int = 5  # steps within which families must agree
     verdict_min_families: int = 2
-    verdict_cooldown: int = 20
+    verdict_cooldown: int = 20  # a page's episode ends once its condition has not held for this many steps
     # families that must be among the agreeing ones for a page (empty: any two families will do)
     verdict_requires: tuple[str, ...] = ("structure",)
     # ... and these too, when the run has data for them (a run without a reference probe has no drift).

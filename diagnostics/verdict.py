@@ -12,7 +12,8 @@ success slide that alerted 8 steps ago and is still under way is still evidence.
 page on their own, and so, when `probe_text_page_fold` (or `_delta`) is set, does the expert-text drift on the
 reference probe (probe_drift.py): one family, which its message says. The success slide (success_slide.py,
 off by default) stands in for the structure family when that one is required, and counts as one family
-with task success, which it reads too. Confidence is a plain heuristic: the number of agreeing families over three
+with task success, which it reads too. A page is sent once per episode: the verdict pages again only
+after its condition has not held for `verdict_cooldown` steps. Confidence is a plain heuristic: the number of agreeing families over three
 (one 33%, two 67%, three or more 100%). It is kept in the evidence and the timeline, not in the page's
 message: it is no probability, and pages at 100% came in unsupervised runs that held (docs/detection.md,
 rounds 29-30).
@@ -70,7 +71,7 @@ class CombinedVerdict:
     def __init__(self, config: MonitorConfig):
         self.config = config
         self.active: dict[str, tuple[str, int]] = {}  # detector -> (family, last step its condition held)
-        self.last_page: int | None = None
+        self.last_held: int | None = None  # the last step the page's condition held (None: never)
         self.confidence = 0.0
         self.families_seen: set[str] = set()
         self.last_control: Alert | None = None
@@ -108,9 +109,12 @@ class CombinedVerdict:
         satisfied = holding | {_STANDS_IN[f] for f in holding if f in _STANDS_IN}
         if len(independent) < c.verdict_min_families or not required <= satisfied:
             return []
-        if self.last_page is not None and step - self.last_page < c.verdict_cooldown:
+        # One page per episode: a condition that keeps holding (no gap of `verdict_cooldown` steps)
+        # does not page again; a standing condition re-paged every 20 steps over 160 (round 35)
+        episode_goes_on = self.last_held is not None and step - self.last_held < c.verdict_cooldown
+        self.last_held = step
+        if episode_goes_on:
             return []
-        self.last_page = step
         supporting = [
             {"step": s, "detector": name, "family": family} for name, (family, s) in sorted(recent.items())
         ]

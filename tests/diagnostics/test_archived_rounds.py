@@ -167,9 +167,12 @@ def test_unsupervised_runs_of_round_34(archive, onset, a_page, lsf_page):
 
 def test_a_low_lr_run_that_holds_is_paged_once_watched_long_enough():
     """Round 35: s343 held to step 160 without crossing the onset line; quiet through step 80, it was
-    paged at 114 as its broken turns crept up, and s347's standing condition re-paged every 20 steps."""
+    paged at 114 as its broken turns crept up. A page is sent once per episode: s347's condition stood
+    from 65 to the end (it re-paged every 20 steps before the verdict kept episodes), s341's lapsed for
+    more than 20 steps between its two."""
     inputs, features = load_archive(ARCHIVES / "r35/low-lr-s343.parquet")
     findings = findings_of(inputs, features, {})
     assert findings.steps == 160 and findings.collapse_onset_step is None
     assert findings.first_critical_step == 114
-    assert [a.step for a in _pages("r35/low-lr-s347.parquet", {})] == [65, 85, 105, 125, 145]
+    assert [a.step for a in _pages("r35/low-lr-s347.parquet", {})] == [65]
+    assert [a.step for a in _pages("r35/low-lr-s341.parquet", {})] == [119, 150]

@@ -514,6 +514,24 @@ def test_verdict_pages_only_when_the_format_itself_breaks():
     assert loose.update(30, [_warning(30, "control"), _warning(30, "outcome")], families)
 
 
+def test_verdict_pages_once_per_episode():
+    """A condition that stands is one page, however long it stands (round 35's s347 re-paged every
+    20 steps over 80 before this rule); once it has lapsed for `verdict_cooldown` steps, a new
+    episode pages again."""
+    families = {"control", "structure"}
+    both = {"spike": "control", "structural_shift": "structure"}
+    # a window of 1 step: the condition holds exactly on the steps both families do
+    verdict = CombinedVerdict(MonitorConfig(verdict_cooldown=20, verdict_window=1))
+    pages = [step for step in range(30, 90) if verdict.update(step, [], families, both)]
+    assert pages == [30]
+    for step in range(90, 108):
+        assert verdict.update(step, [], families, {}) == []
+    assert verdict.update(108, [], families, both) == []  # 19 steps since it last held: the same episode
+    for step in range(109, 128):
+        assert verdict.update(step, [], families, {}) == []
+    assert verdict.update(128, [], families, both)  # 20 steps since: a new episode
+
+
 def test_verdict_remembers_that_the_run_logged_an_sft_loss():
     """A run that logged an SFT loss once (interleaved SFT may log it only on some steps) is
     SFT-supervised from then on: its page asks for patience first."""
