@@ -176,3 +176,33 @@ def test_a_low_lr_run_that_holds_is_paged_once_watched_long_enough():
     assert findings.first_critical_step == 114
     assert [a.step for a in _pages("r35/low-lr-s347.parquet", {})] == [65]
     assert [a.step for a in _pages("r35/low-lr-s341.parquet", {})] == [119, 150]
+
+
+NO_CUSUM_DELAY = {"structure_cusum_h": 1.0}  # round 36's H (docs/detection.md, item 36)
+
+
+@pytest.mark.parametrize(
+    ("archive", "onset", "lsf_page", "lsfh_page"),
+    [
+        ("r22/collapse-s112.parquet", 37, 31, 23),  # broken turns rose 8 steps before the CUSUM added up
+        ("r27/collapse-s162.parquet", 36, 24, 17),
+        ("r26/collapse-s151.parquet", 34, 17, 17),  # paged 17 steps ahead already: nothing to gain
+        ("r34/low-lr-s342.parquet", None, 47, 47),  # a low-LR run that held: its page does not move
+    ],
+)
+def test_the_structure_family_without_its_cusum_delay(archive, onset, lsf_page, lsfh_page):
+    """Item 36, in-sample: with the CUSUM's threshold at 1 instead of 8 the rise of broken turns
+    (15 points over the warm-up) decides; collapses are paged earlier, never later."""
+    inputs, features = load_archive(ARCHIVES / archive)
+    assert findings_of(inputs, features, RULE_LSF).collapse_onset_step == onset
+    assert _page(archive, RULE_LSF) == lsf_page
+    assert _page(archive, {**RULE_LSF, **NO_CUSUM_DELAY}) == lsfh_page
+
+
+@pytest.mark.parametrize("archive", ["r22/off-policy-s114.parquet", "r26/sync-sft-s150.parquet"])
+def test_without_the_cusum_delay_the_gates_keep_supervised_runs_quiet(archive):
+    """Item 36: round 7's rule with h 1 pages supervised runs that held and that it left alone at
+    h 8; the learning-signal gate and the SFT window (LS) keep them quiet."""
+    assert _page(archive, {}) is None
+    assert _page(archive, NO_CUSUM_DELAY) is not None
+    assert _page(archive, {**RULE_LS, **NO_CUSUM_DELAY}) is None
