@@ -9,7 +9,7 @@ from pathlib import Path
 from collapsewatch.errors import UserError
 
 # detector_base.PRESETS' names, spelled out so that building the parser imports no detector code
-PRESET_NAMES = ("A", "L", "S", "LS", "LSF")
+PRESET_NAMES = ("A", "L", "S", "LS", "LSF", "LSH", "LSFH")
 
 
 def _config(pairs: list[str], preset: str = "A"):

@@ -19,15 +19,21 @@ EXPERT_ROW_GATE: Mapping[str, Any] = MappingProxyType(
     {"signal_mixed_max": 0.6, "verdict_requires_if_seen": ("signal",)}
 )
 _SFT_WINDOW = {"sft_structure_persist_k": 4, "sft_structure_persist_n": 4}
+# The structure family without its CUSUM delay: the rise of broken turns decides (item 36; with the
+# gates only: without them it pages supervised runs that hold)
+_NO_CUSUM_DELAY = {"structure_cusum_h": 1.0}
 # The settings docs/detection.md scores ("In short"), by name, for `--preset` and `Recorder(detectors=...)`:
 # A is round 7's rule (the default), L the gate above, S a longer structure window once a run logs
-# an SFT loss, F the success slide. Held-out figures for each are in that table.
+# an SFT loss, F the success slide, H the structure family without its CUSUM delay. Held-out
+# figures for each are in that table.
 PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "A": MappingProxyType({}),
     "L": EXPERT_ROW_GATE,
     "S": MappingProxyType(_SFT_WINDOW),
     "LS": MappingProxyType({**EXPERT_ROW_GATE, **_SFT_WINDOW}),
     "LSF": MappingProxyType({**EXPERT_ROW_GATE, **_SFT_WINDOW, "slide_success_drop": 0.6}),
+    "LSH": MappingProxyType({**EXPERT_ROW_GATE, **_SFT_WINDOW, **_NO_CUSUM_DELAY}),
+    "LSFH": MappingProxyType({**EXPERT_ROW_GATE, **_SFT_WINDOW, "slide_success_drop": 0.6, **_NO_CUSUM_DELAY}),
 })  # fmt: skip
 
 
@@ -91,7 +97,9 @@ class MonitorConfig:
     # is not a healthy tool call, plain answers included; round 22's rule N, not adopted)
     structure_measure: str = "broken"
     structure_cusum_k: float = 1.0  # robust z a step must exceed to add to the sum (slack)
-    structure_cusum_h: float = 8.0  # sum that counts as a shift
+    # sum that counts as a shift; 1 in the LSH and LSFH presets, where the rise above decides (item 36:
+    # at 8 it delayed collapses' pages and kept no stable run quiet that the gates did not)
+    structure_cusum_h: float = 8.0
     # ... on at least k of the last n steps (1 of 1: the step it holds). A repaired excursion is often
     # one step of broken turns; a collapse keeps them. 3 of 3, held out in rounds 12-14: 2 of 17
     # supervised runs that held paged (1 of 1: 13), but a median lead of 3 (1 of 1: 6); docs/detection.md

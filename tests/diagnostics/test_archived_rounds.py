@@ -179,6 +179,7 @@ def test_a_low_lr_run_that_holds_is_paged_once_watched_long_enough():
 
 
 NO_CUSUM_DELAY = {"structure_cusum_h": 1.0}  # round 36's H (docs/detection.md, item 36)
+RULE_LSH, RULE_LSFH = dict(PRESETS["LSH"]), dict(PRESETS["LSFH"])
 
 
 @pytest.mark.parametrize(
@@ -196,7 +197,7 @@ def test_the_structure_family_without_its_cusum_delay(archive, onset, lsf_page, 
     inputs, features = load_archive(ARCHIVES / archive)
     assert findings_of(inputs, features, RULE_LSF).collapse_onset_step == onset
     assert _page(archive, RULE_LSF) == lsf_page
-    assert _page(archive, {**RULE_LSF, **NO_CUSUM_DELAY}) == lsfh_page
+    assert _page(archive, RULE_LSFH) == lsfh_page
 
 
 @pytest.mark.parametrize("archive", ["r22/off-policy-s114.parquet", "r26/sync-sft-s150.parquet"])
@@ -205,4 +206,22 @@ def test_without_the_cusum_delay_the_gates_keep_supervised_runs_quiet(archive):
     h 8; the learning-signal gate and the SFT window (LS) keep them quiet."""
     assert _page(archive, {}) is None
     assert _page(archive, NO_CUSUM_DELAY) is not None
-    assert _page(archive, {**RULE_LS, **NO_CUSUM_DELAY}) is None
+    assert _page(archive, RULE_LSH) is None
+
+
+@pytest.mark.parametrize(
+    ("archive", "onset", "ls_page", "lsh_page", "lsfh_page"),
+    [
+        ("collapse-s361", 33, 27, 26, 26),
+        ("collapse-s367", 24, 22, 20, 20),
+        ("low-lr-s364", None, None, None, 57),  # held: the success slide pages it, H does not
+        ("off-policy-s360", None, None, None, None),  # A pages it at 51
+    ],
+)
+def test_round_36_held_out(archive, onset, ls_page, lsh_page, lsfh_page):
+    """Round 36 (docs/detection.md): H held out; no stable run paged that LS or LSF leaves alone."""
+    inputs, features = load_archive(ARCHIVES / f"r36/{archive}.parquet")
+    assert findings_of(inputs, features, {}).collapse_onset_step == onset
+    assert _page(f"r36/{archive}.parquet", RULE_LS) == ls_page
+    assert _page(f"r36/{archive}.parquet", RULE_LSH) == lsh_page
+    assert _page(f"r36/{archive}.parquet", RULE_LSFH) == lsfh_page
