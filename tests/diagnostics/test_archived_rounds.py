@@ -225,3 +225,16 @@ def test_round_36_held_out(archive, onset, ls_page, lsh_page, lsfh_page):
     assert _page(f"r36/{archive}.parquet", RULE_LS) == ls_page
     assert _page(f"r36/{archive}.parquet", RULE_LSH) == lsh_page
     assert _page(f"r36/{archive}.parquet", RULE_LSFH) == lsfh_page
+
+
+@pytest.mark.parametrize(
+    ("archive", "a_page", "lsh_page"), [("low-lr-s364", 119, 119), ("low-lr-s362", 143, 141)]
+)
+def test_round_36s_quiet_low_lr_runs_are_paged_by_step_160(archive, a_page, lsh_page):
+    """Round 37: round 36's low-LR runs that held, quiet under A through step 80, continued to 160:
+    none crossed the onset line and every one was paged, as in round 35."""
+    inputs, features = load_archive(ARCHIVES / f"r37/{archive}.parquet")
+    findings = findings_of(inputs, features, {})
+    assert findings.steps == 160 and findings.collapse_onset_step is None
+    assert findings.first_critical_step == a_page > 80
+    assert _page(f"r37/{archive}.parquet", RULE_LSH) == lsh_page
