@@ -19,6 +19,7 @@ EXPERT_ROW_GATE: Mapping[str, Any] = MappingProxyType(
     {"signal_mixed_max": 0.6, "verdict_requires_if_seen": ("signal",)}
 )
 _SFT_WINDOW = {"sft_structure_persist_k": 4, "sft_structure_persist_n": 4}
+_SUCCESS_SLIDE = {"slide_success_drop": 0.6}  # rule F (item 27)
 # The structure family without its CUSUM delay: the rise of broken turns decides (item 36; with the
 # gates only: without them it pages supervised runs that hold)
 _NO_CUSUM_DELAY = {"structure_cusum_h": 1.0}
@@ -31,9 +32,9 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "L": EXPERT_ROW_GATE,
     "S": MappingProxyType(_SFT_WINDOW),
     "LS": MappingProxyType({**EXPERT_ROW_GATE, **_SFT_WINDOW}),
-    "LSF": MappingProxyType({**EXPERT_ROW_GATE, **_SFT_WINDOW, "slide_success_drop": 0.6}),
+    "LSF": MappingProxyType({**EXPERT_ROW_GATE, **_SFT_WINDOW, **_SUCCESS_SLIDE}),
     "LSH": MappingProxyType({**EXPERT_ROW_GATE, **_SFT_WINDOW, **_NO_CUSUM_DELAY}),
-    "LSFH": MappingProxyType({**EXPERT_ROW_GATE, **_SFT_WINDOW, "slide_success_drop": 0.6, **_NO_CUSUM_DELAY}),
+    "LSFH": MappingProxyType({**EXPERT_ROW_GATE, **_SFT_WINDOW, **_SUCCESS_SLIDE, **_NO_CUSUM_DELAY}),
 })  # fmt: skip
 
 
@@ -217,6 +218,26 @@ def step_word(n: int | None) -> str:
     return "step" if n in (1, -1) else "steps"
 
 
+class Episodes:
+    """One alert per episode: a condition that keeps holding (no gap of `cooldown` steps between the
+    steps it holds) alerts again only if its rank rises. Detectors keep one per detector, keyed by
+    condition; the combined verdict keeps one for its page."""
+
+    def __init__(self, cooldown: int):
+        self.cooldown = cooldown
+        self._last: dict[Any, tuple[int, int]] = {}  # key -> (last step it held, rank it alerted at)
+
+    def starts(self, step: int, key: Any = None, rank: int = 0) -> bool:
+        """Record that condition `key` holds at `step`; True when this starts a new episode (or the
+        rank rises above the one the episode alerted at)."""
+        last = self._last.get(key)
+        if last is not None and step - last[0] < self.cooldown and rank <= last[1]:
+            self._last[key] = (step, last[1])  # the episode goes on: its quiet period restarts
+            return False
+        self._last[key] = (step, rank)
+        return True
+
+
 class Detector:
     """A streaming detector: `update(features)` once per step, returns the alerts for that step.
 
@@ -232,7 +253,7 @@ class Detector:
 
     def __init__(self, config: MonitorConfig):
         self.config = config
-        self._fired: dict[Any, tuple[int, int]] = {}  # key -> (last step it held, rank it alerted at)
+        self.episodes = Episodes(config.cooldown)
         self.seen = 0
         self.active: dict[str, int] = {}  # alerting name -> last step a warning-or-worse condition held
 
@@ -258,12 +279,7 @@ class Detector:
         rank = SEVERITY_RANK[severity]
         if rank >= SEVERITY_RANK["warning"]:
             self.active[detector or self.name] = step
-        last = self._fired.get(key)
-        if last is not None and step - last[0] < self.config.cooldown and rank <= last[1]:
-            self._fired[key] = (step, last[1])  # the episode goes on: its quiet period restarts
-            return False
-        self._fired[key] = (step, rank)
-        return True
+        return self.episodes.starts(step, key, rank)
 
     def emit(
         self, f: StepFeatures, severity: str, *args: Any, key: Any = None, **kwargs: Any

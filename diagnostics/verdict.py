@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from collapsewatch.diagnostics.alerts import Alert
-from collapsewatch.diagnostics.detector_base import MonitorConfig
+from collapsewatch.diagnostics.detector_base import Episodes, MonitorConfig
 
 # Families whose agreement would be double counting: the outcome and tool-rate families describe the
 # collapse itself; the control and structure families are the early, format-level evidence.
@@ -71,7 +71,7 @@ class CombinedVerdict:
     def __init__(self, config: MonitorConfig):
         self.config = config
         self.active: dict[str, tuple[str, int]] = {}  # detector -> (family, last step its condition held)
-        self.last_held: int | None = None  # the last step the page's condition held (None: never)
+        self.episodes = Episodes(config.verdict_cooldown)  # one page per episode of its condition
         self.confidence = 0.0
         self.families_seen: set[str] = set()
         self.last_control: Alert | None = None
@@ -109,11 +109,7 @@ class CombinedVerdict:
         satisfied = holding | {_STANDS_IN[f] for f in holding if f in _STANDS_IN}
         if len(independent) < c.verdict_min_families or not required <= satisfied:
             return []
-        # One page per episode: a condition that keeps holding (no gap of `verdict_cooldown` steps)
-        # does not page again; a standing condition re-paged every 20 steps over 160 (round 35)
-        episode_goes_on = self.last_held is not None and step - self.last_held < c.verdict_cooldown
-        self.last_held = step
-        if episode_goes_on:
+        if not self.episodes.starts(step):  # a standing condition re-paged every 20 steps before (round 35)
             return []
         supporting = [
             {"step": s, "detector": name, "family": family} for name, (family, s) in sorted(recent.items())
