@@ -257,3 +257,15 @@ def test_round_38_held_out(archive, onset, ls_page, lsh_page, lsfh_page):
     assert _page(f"r38/{archive}.parquet", RULE_LS) == ls_page
     assert _page(f"r38/{archive}.parquet", RULE_LSH) == lsh_page
     assert _page(f"r38/{archive}.parquet", RULE_LSFH) == lsfh_page
+
+
+@pytest.mark.parametrize(
+    ("archive", "onset", "ls_page", "lsh_page"),
+    [("collapse-s391", 35, 29, 23), ("collapse-s394", 50, 35, 32), ("collapse-s392", 24, 23, 23)],
+)
+def test_round_39_held_out(archive, onset, ls_page, lsh_page):
+    """Round 39 (docs/detection.md): six more collapses; H pages three of them 3-6 steps earlier."""
+    inputs, features = load_archive(ARCHIVES / f"r39/{archive}.parquet")
+    assert findings_of(inputs, features, {}).collapse_onset_step == onset
+    assert _page(f"r39/{archive}.parquet", RULE_LS) == ls_page
+    assert _page(f"r39/{archive}.parquet", RULE_LSH) == lsh_page
