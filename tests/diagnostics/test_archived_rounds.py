@@ -212,19 +212,24 @@ def test_without_the_cusum_delay_the_gates_keep_supervised_runs_quiet(archive):
 @pytest.mark.parametrize(
     ("archive", "onset", "ls_page", "lsh_page", "lsfh_page"),
     [
-        ("collapse-s361", 33, 27, 26, 26),
-        ("collapse-s367", 24, 22, 20, 20),
-        ("low-lr-s364", None, None, None, 57),  # held: the success slide pages it, H does not
-        ("off-policy-s360", None, None, None, None),  # A pages it at 51
+        ("r36/collapse-s361", 33, 27, 26, 26),
+        ("r36/collapse-s367", 24, 22, 20, 20),
+        ("r36/low-lr-s364", None, None, None, 57),  # held: the success slide pages it, H does not
+        ("r36/off-policy-s360", None, None, None, None),  # A pages it at 51
+        ("r38/collapse-s384", 35, 27, 23, 23),  # H's largest gain on round 38: 4 steps
+        ("r38/collapse-s382", 27, 34, 29, 28),  # late under every setting; the slide is first under LSFH
+        ("r38/low-lr-s380", None, 55, 55, 55),  # held, paged by every setting at the same step
+        ("r38/sync-sft-s381", None, None, None, None),  # A pages it at 40, A with h 1 at 30
     ],
 )
-def test_round_36_held_out(archive, onset, ls_page, lsh_page, lsfh_page):
-    """Round 36 (docs/detection.md): H held out; no stable run paged that LS or LSF leaves alone."""
-    inputs, features = load_archive(ARCHIVES / f"r36/{archive}.parquet")
+def test_h_held_out_on_rounds_36_and_38(archive, onset, ls_page, lsh_page, lsfh_page):
+    """Rounds 36 and 38 (docs/detection.md): H held out twice; it pages no stable run that LS or LSF
+    leaves alone, and some collapses earlier."""
+    inputs, features = load_archive(ARCHIVES / f"{archive}.parquet")
     assert findings_of(inputs, features, {}).collapse_onset_step == onset
-    assert _page(f"r36/{archive}.parquet", RULE_LS) == ls_page
-    assert _page(f"r36/{archive}.parquet", RULE_LSH) == lsh_page
-    assert _page(f"r36/{archive}.parquet", RULE_LSFH) == lsfh_page
+    assert _page(f"{archive}.parquet", RULE_LS) == ls_page
+    assert _page(f"{archive}.parquet", RULE_LSH) == lsh_page
+    assert _page(f"{archive}.parquet", RULE_LSFH) == lsfh_page
 
 
 @pytest.mark.parametrize(
@@ -238,25 +243,6 @@ def test_round_36s_quiet_low_lr_runs_are_paged_by_step_160(archive, a_page, lsh_
     assert findings.steps == 160 and findings.collapse_onset_step is None
     assert findings.first_critical_step == a_page > 80
     assert _page(f"r37/{archive}.parquet", RULE_LSH) == lsh_page
-
-
-@pytest.mark.parametrize(
-    ("archive", "onset", "ls_page", "lsh_page", "lsfh_page"),
-    [
-        ("collapse-s384", 35, 27, 23, 23),  # H's largest gain on the round: 4 steps
-        ("collapse-s382", 27, 34, 29, 28),  # late under every setting; the slide is first under LSFH
-        ("low-lr-s380", None, 55, 55, 55),  # held, paged by every setting at the same step
-        ("sync-sft-s381", None, None, None, None),  # A pages it at 40, A with h 1 at 30
-    ],
-)
-def test_round_38_held_out(archive, onset, ls_page, lsh_page, lsfh_page):
-    """Round 38 (docs/detection.md): H held out a second time; it pages no stable run that LS or
-    LSF leaves alone, and pages four collapses earlier."""
-    inputs, features = load_archive(ARCHIVES / f"r38/{archive}.parquet")
-    assert findings_of(inputs, features, {}).collapse_onset_step == onset
-    assert _page(f"r38/{archive}.parquet", RULE_LS) == ls_page
-    assert _page(f"r38/{archive}.parquet", RULE_LSH) == lsh_page
-    assert _page(f"r38/{archive}.parquet", RULE_LSFH) == lsfh_page
 
 
 @pytest.mark.parametrize(
