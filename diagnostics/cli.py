@@ -126,8 +126,8 @@ def _add_set(p: argparse.ArgumentParser) -> None:
         choices=PRESET_NAMES,
         default="A",
         help="a named setting from docs/detection.md: A (round 7's rule, the default), L (expert row in every "
-        "group), S (SFT-supervised), LS, LSF (LS plus the success slide), LSH, LSFH (LS, LSF paging "
-        "as soon as broken turns rise; recommended with supervision); --set applies on top",
+        "group), S (SFT-supervised), LS, LSF (LS plus the success slide; recommended with supervision), "
+        "LSH, LSFH (LS, LSF paging as soon as broken turns rise); --set applies on top",
     )
     p.add_argument(
         "--set",

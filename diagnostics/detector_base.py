@@ -26,7 +26,7 @@ _NO_CUSUM_DELAY = {"structure_cusum_h": 1.0}
 # The settings docs/detection.md scores ("In short"), by name, for `--preset` and `Recorder(detectors=...)`:
 # A is round 7's rule (the default), L the gate above, S a longer structure window once a run logs
 # an SFT loss, F the success slide, H the structure family without its CUSUM delay. Held-out
-# figures for each are in that table; with supervision LSH and LSFH are the recommended ones (item 38).
+# figures for each are in that table; with supervision LS and LSF are the recommended ones (item 40).
 PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "A": MappingProxyType({}),
     "L": EXPERT_ROW_GATE,

@@ -227,11 +227,15 @@ def test_without_the_cusum_delay_the_gates_keep_supervised_runs_quiet(archive):
         ("r39/collapse-s391", 35, 29, 23, 23),  # round 39: six more collapses, three paged earlier
         ("r39/collapse-s394", 50, 35, 32, 32),
         ("r39/collapse-s392", 24, 23, 23, 23),
+        ("r40/collapse-s401", 32, 29, 24, 24),  # round 40: H's largest gain, 5 steps
+        ("r40/collapse-s406", 61, 28, 28, 28),  # a slow slide, paged 33 steps ahead by every setting
+        ("r40/low-lr-s401", None, None, 74, 74),  # held; H pages it and LS does not: H withdrawn (item 40)
+        ("r40/interleaved-s400", None, None, None, None),  # A pages it at 31
     ],
 )
-def test_h_held_out_on_rounds_36_38_and_39(archive, onset, ls_page, lsh_page, lsfh_page):
-    """Rounds 36, 38 and 39 (docs/detection.md): H held out; it pages no stable run that LS or LSF
-    leaves alone, and some collapses earlier."""
+def test_h_held_out_on_rounds_36_to_40(archive, onset, ls_page, lsh_page, lsfh_page):
+    """Rounds 36, 38, 39 and 40 (docs/detection.md): H held out; it pages some collapses earlier and
+    no supervised run, and on round 40 one unsupervised run that held and that LS leaves alone."""
     inputs, features = load_archive(ARCHIVES / f"{archive}.parquet")
     assert findings_of(inputs, features, {}).collapse_onset_step == onset
     pages = [
