@@ -28,6 +28,10 @@ def _page(archive: str, config: dict) -> int | None:
     return first_critical_step(_pages(archive, config))
 
 
+def _page_of(inputs, features, config: dict) -> int | None:
+    return first_critical_step(_pages_of(inputs, features, config))
+
+
 @pytest.mark.parametrize(
     ("archive", "default_page", "s_page"),
     [
@@ -200,8 +204,8 @@ def test_the_structure_family_without_its_cusum_delay(archive, onset, lsf_page, 
     (15 points over the warm-up) decides; collapses are paged earlier, never later."""
     inputs, features = load_archive(ARCHIVES / archive)
     assert findings_of(inputs, features, RULE_LSF).collapse_onset_step == onset
-    assert first_critical_step(_pages_of(inputs, features, RULE_LSF)) == lsf_page
-    assert first_critical_step(_pages_of(inputs, features, RULE_LSFH)) == lsfh_page
+    assert _page_of(inputs, features, RULE_LSF) == lsf_page
+    assert _page_of(inputs, features, RULE_LSFH) == lsfh_page
 
 
 @pytest.mark.parametrize("archive", ["r22/off-policy-s114.parquet", "r26/sync-sft-s150.parquet"])
@@ -238,9 +242,7 @@ def test_h_held_out_on_rounds_36_to_40(archive, onset, ls_page, lsh_page, lsfh_p
     no supervised run, and on round 40 one unsupervised run that held and that LS leaves alone."""
     inputs, features = load_archive(ARCHIVES / f"{archive}.parquet")
     assert findings_of(inputs, features, {}).collapse_onset_step == onset
-    pages = [
-        first_critical_step(_pages_of(inputs, features, rule)) for rule in (RULE_LS, RULE_LSH, RULE_LSFH)
-    ]
+    pages = [_page_of(inputs, features, rule) for rule in (RULE_LS, RULE_LSH, RULE_LSFH)]
     assert pages == [ls_page, lsh_page, lsfh_page]
 
 
@@ -254,4 +256,4 @@ def test_round_36s_quiet_low_lr_runs_are_paged_by_step_160(archive, a_page, lsh_
     findings = findings_of(inputs, features, {})
     assert findings.steps == 160 and findings.collapse_onset_step is None
     assert findings.first_critical_step == a_page > 80
-    assert first_critical_step(_pages_of(inputs, features, RULE_LSH)) == lsh_page
+    assert _page_of(inputs, features, RULE_LSH) == lsh_page
