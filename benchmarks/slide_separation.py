@@ -15,7 +15,10 @@ learning rate reads the learning rate, not the collapse. The last line is one JS
 `--at page --preset LSF` asks the same at each run's first page under a preset instead (collapses
 paged by their onset against runs that held and were paged: can a page be told apart when it
 comes?). `--scale fold` takes the 5-step mean over the warm-up mean instead of the difference, which
-removes what only scales with the learning rate. The pseudo-statistic `when/step` is the step itself.
+removes what only scales with the learning rate; `--scale recent` the 5-step mean minus the 5-step mean
+`--window` steps before (how fast it moved lately, not how far from the warm-up). `--max-lr` keeps only
+runs whose learning rate never went above it (collapses at a low learning rate against runs at the same
+rate that held). The pseudo-statistic `when/step` is the step itself.
 
 Usage: .venv/bin/python benchmarks/slide_separation.py --root docs/data/features/r2{6,7,8,9} \
     docs/data/features/r29lr docs/data/features/r30 [--lag 4] [--top 12] [--at page --preset LSF]
@@ -70,8 +73,9 @@ def page_step(inputs: RunInputs, features: list[StepFeatures], preset: str) -> i
     return first_critical_step(alerts)
 
 
-def shifts_at(table: pd.DataFrame, step: int, scale: str = "shift") -> dict[str, float]:
-    """Each statistic's 5-step mean at `step` minus (`fold`: over) its mean over the warm-up steps."""
+def shifts_at(table: pd.DataFrame, step: int, scale: str = "shift", window: int = 12) -> dict[str, float]:
+    """Each statistic's 5-step mean at `step` minus (`fold`: over) its mean over the warm-up steps;
+    `recent`: minus its 5-step mean `window` steps before."""
     numeric = table.drop(columns=[c for c in table.columns if c.startswith(SKIPPED)])
     numeric = numeric.apply(pd.to_numeric, errors="coerce")
     rolling = numeric.rolling(5, min_periods=1).mean()
@@ -80,6 +84,8 @@ def shifts_at(table: pd.DataFrame, step: int, scale: str = "shift") -> dict[str,
     warm = numeric.iloc[:WARMUP].mean()
     if scale == "fold":
         moved = rolling.iloc[row] / warm.where(warm.abs() > 1e-12)
+    elif scale == "recent":
+        moved = rolling.iloc[row] - rolling.iloc[max(row - window, 0)]
     else:
         moved = rolling.iloc[row] - warm
     return moved.to_dict() | {"when/step": float(step)}
@@ -113,7 +119,12 @@ def main() -> None:
         "--preset", choices=sorted(PRESETS), default="LSF", help="the setting whose page --at page reads"
     )
     ap.add_argument(
-        "--scale", choices=("shift", "fold"), default="shift", help="5-step mean minus, or over, the warm-up"
+        "--scale", choices=("shift", "fold", "recent"), default="shift",
+        help="5-step mean minus, or over, the warm-up; or minus itself --window steps before",
+    )  # fmt: skip
+    ap.add_argument("--window", type=int, default=12, help="steps back for --scale recent")
+    ap.add_argument(
+        "--max-lr", type=float, default=None, help="only runs whose learning rate stayed at most this"
     )
     args = ap.parse_args()
     groups: dict[str, list[dict[str, float]]] = {"collapse": [], "control": [], "supervised": []}
@@ -122,15 +133,21 @@ def main() -> None:
         for name, inputs, features in runs_under(root):
             recipe = re.sub(r"-s\d+$", "", name)
             table = features_table(features)
+            top_lr = table["lr"].max() if "lr" in table else np.inf  # a run that logs no LR is not kept
+            if args.max_lr is not None and not top_lr <= args.max_lr * (1 + 1e-6):
+                continue
             onset = collapse_onset(table["step"].to_numpy(), success_of(table)[0])
             step = slide_step(features) if args.at == "slide" else page_step(inputs, features, args.preset)
-            if recipe in args.collapsing:
-                group = "collapse" if onset is not None and step is not None and step <= onset else None
+            crossed = onset is not None
+            if crossed and recipe in args.collapsing:
+                group = "collapse" if step is not None and step <= onset else None
+            elif crossed or (recipe in args.collapsing and recipe not in args.control):
+                group = None  # a recipe in both lists: its runs that crossed collapse, the others held
             else:
-                group = None if onset is not None else "control" if recipe in args.control else "supervised"
+                group = "control" if recipe in args.control else "supervised"
             runs.append({"run": f"{root.name}/{name}", "onset": onset, "step": step, "group": group})
             if group is not None and step is not None:
-                groups[group].append(shifts_at(table, step + args.lag, args.scale))
+                groups[group].append(shifts_at(table, step + args.lag, args.scale, args.window))
     if not groups["collapse"] or not groups["control"]:
         raise SystemExit(
             f"need collapses with a {args.at} before their onset and control runs with a {args.at}"
@@ -155,7 +172,7 @@ def main() -> None:
     counts = {g: len(rows) for g, rows in groups.items()}
     setting = F2 if args.at == "slide" else {"preset": args.preset}
     print(json.dumps({"benchmark": "slide_separation", "at": args.at, "setting": setting, "lag": args.lag,
-                      "scale": args.scale, "runs_scored": counts, "statistics": table, "runs": runs}))  # fmt: skip
+                      "scale": args.scale, "window": args.window, "max_lr": args.max_lr, "runs_scored": counts, "statistics": table, "runs": runs}))  # fmt: skip
 
 
 if __name__ == "__main__":
