@@ -1,0 +1,58 @@
+"""act_on_page.py forks a real trainer run: the fork reproduces the original's steps, and each arm
+continues from the fork with its own settings and nothing else changed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import collapsewatch as cw
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _tiny(cache_dir: Path) -> list[str]:
+    settings = {
+        "cache_dir": cache_dir, "vocab_size": 512, "tokenizer_tasks": 200, "model_size": "tiny",
+        "sft_steps": 15, "sft_batch": 8, "tasks_per_step": 2, "group_size": 4, "max_turns": 3,
+        "max_turn_tokens": 12, "max_context": 256, "warmup_steps": 1, "eval_tasks": 2, "probe_tasks": 2,
+        "checkpoint_every": 0,
+    }  # fmt: skip
+    return [x for k, v in settings.items() for x in ("--set", f"{k}={v}")]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, check=False)
+
+
+def test_forks_a_run_and_continues_each_arm_with_its_own_settings(tmp_path, cache_dir) -> None:
+    tiny = _tiny(cache_dir)
+    original = _run("-m", "collapsewatch", "train", "--seed", "3", "--steps", "4", "--out", str(tmp_path / "orig"),
+                    "--threads", "1", "--no-progress", *tiny)  # fmt: skip
+    assert original.returncode == 0, original.stdout[-2000:]
+    done = _run(
+        str(REPO / "benchmarks" / "act_on_page.py"), "--out", str(tmp_path / "act"), "--seed", "3", "--steps", "4",
+        "--arm", "none@2", "--arm", "sft@2:err_sft_every=1", "--original", str(tmp_path / "orig" / "collapse-s3"),
+        *tiny,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    arms = {a["arm"]: a for a in result["arms"]}
+    assert set(arms) == {"none", "sft"} and all(a["steps"] == 4 and a["fork"] == 2 for a in arms.values())
+    steps = {name: cw.open_run(a["run"]).steps() for name, a in arms.items()}
+    sft_steps = steps["sft"].loc[steps["sft"]["sft/erroneous_loss"].notna(), "step"].tolist()
+    assert sft_steps and min(sft_steps) > 2  # the remedy starts after the fork
+    assert "sft/erroneous_loss" not in steps["none"] or steps["none"]["sft/erroneous_loss"].isna().all()
+    # both arms carry the original's first two steps, and continue from the same state
+    first = [s.sort_values("step")["success/rate"].to_numpy()[:2].tolist() for s in steps.values()]
+    assert first[0] == first[1]
+    # a second call reuses every finished run
+    again = _run(str(REPO / "benchmarks" / "act_on_page.py"), "--out", str(tmp_path / "act"), "--seed", "3",
+                 "--steps", "4", "--arm", "none@2", *tiny)  # fmt: skip
+    assert again.returncode == 0 and "training" not in again.stderr and "arm none" not in again.stderr
+    # a fork that does not reproduce the original (another seed) is refused, not compared
+    other = _run(str(REPO / "benchmarks" / "act_on_page.py"), "--out", str(tmp_path / "other"), "--seed", "4",
+                 "--steps", "4", "--arm", "none@2", "--original", str(tmp_path / "orig" / "collapse-s3"), *tiny)  # fmt: skip
+    assert other.returncode != 0 and "does not reproduce" in other.stderr
