@@ -318,8 +318,14 @@ def test_train_writes_a_run_and_model_path_reloads_its_checkpoint(tmp_path, tiny
     assert seqs["info"].str.contains('"parse_failures"').all() and seqs["turn_texts"].map(len).min() >= 1
     assert len(run.tokens()) > 0
     # resume continues from the checkpoint
-    resumed = train(tiny_cfg.override(steps=3, checkpoint_every=1), out, resume=True, progress=False)
+    resumed = train(
+        tiny_cfg.override(steps=3, checkpoint_every=1, err_sft_every=1), out, resume=True, progress=False
+    )
     assert [h["step"] for h in resumed["history"]] == [3]
+    # ... and run.json says from where, with which settings changed, keeping the warm start's evaluation
+    meta = cw.open_run(summary["run_dir"]).meta
+    assert meta["resumes"] == [{"from_step": 2, "changed": {"err_sft_every": [0, 1]}}]
+    assert meta["warm_start_eval"] == run.meta["warm_start_eval"] and meta["config"]["err_sft_every"] == 1
     # --model PATH: the saved policy loads (with its own tokenizer and template) and takes a GRPO step
     model_dir = Path(summary["run_dir"]) / "model"
     model, tok = model_lib.load_pretrained(model_dir, torch.device("cpu"))
