@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import shutil
@@ -106,14 +105,13 @@ def reproduces(fork: Path, original: Path, step: int) -> bool:
 
 
 def outcome(run_dir: Path, arm: Arm) -> dict:
+    """The arm's onset, where its 5-step success mean ends against half of its peak, and its tail."""
     row = summarise(cw.open_run(run_dir))
-    succ = success_series(run_dir)
-    ma = np.convolve(succ, np.ones(ONSET_WINDOW) / ONSET_WINDOW, mode="valid")
-    peak = float(np.max(ma)) if len(ma) else math.nan
+    end, peak = float(np.mean(success_series(run_dir)[-ONSET_WINDOW:])), row["peak_ma5"]
     return {
         "arm": arm.name, "fork": arm.fork, "sets": list(arm.sets), "run": str(run_dir), "steps": row["steps"],
-        "onset": row["onset"], "peak_ma5": round(peak, 4), "ma5_at_end": round(float(ma[-1]), 4),
-        "below_line_at_end": bool(ma[-1] < 0.5 * peak), "success_last10": round(row["last10"], 4),
+        "onset": row["onset"], "peak_ma5": round(peak, 4), "ma5_at_end": round(end, 4),
+        "below_line_at_end": bool(end < 0.5 * peak), "success_last10": round(row["last10"], 4),
         "broken_last5": round(row["last5_text_pollution"] + row["last5_full_collapse"], 4),
     }  # fmt: skip
 
