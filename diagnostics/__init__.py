@@ -20,7 +20,7 @@ from collapsewatch.diagnostics.structure import (
 
 def report(run, out_html, findings=None):
     """Write the self-contained HTML post-mortem of a run (imports plotly only when called)."""
-    from collapsewatch.diagnostics.report import report as _report
+    from collapsewatch.diagnostics.html_report import report as _report
 
     return _report(run, out_html, findings=findings)
 

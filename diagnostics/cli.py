@@ -80,7 +80,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from collapsewatch.diagnostics.report import report
+    from collapsewatch.diagnostics.html_report import report
 
     out = Path(args.output)
     if out.exists() and out.is_dir():

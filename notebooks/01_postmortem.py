@@ -30,7 +30,7 @@ from plotly.subplots import make_subplots
 
 import collapsewatch as cw
 from collapsewatch.diagnostics import classify_turn, scan
-from collapsewatch.diagnostics.report import telling_rollouts
+from collapsewatch.diagnostics.html_report import telling_rollouts
 
 RUNS = Path(os.environ.get("COLLAPSEWATCH_RUNS", "../demo-out"))
 failed = cw.open_run(RUNS / "collapse-s0")

@@ -58,6 +58,28 @@ def test_scan_and_report_on_a_real_trainer_run(real_run, tmp_path):
     # the trainer scores its reference conversations every step, and the report plots them
     assert steps["probe/logp/<tool_call>"].notna().all() and (steps["probe/logp_ctrl"] < 0).all()
     assert "reference conversations: cost of the expert" in html
+    assert "Resumed after" not in html
+    # the package's `report` stays the function once the module behind it is loaded (it was shadowed)
+    import collapsewatch.diagnostics as diagnostics
+
+    assert (
+        callable(diagnostics.report) and diagnostics.report(run, tmp_path / "again.html", findings=f).exists()
+    )
+
+
+def test_report_says_where_a_run_was_resumed_with_other_settings(real_run, tmp_path):
+    import json
+    import shutil
+
+    import collapsewatch as cw
+    from collapsewatch.diagnostics.html_report import report
+
+    resumed = shutil.copytree(real_run, tmp_path / real_run.name)
+    meta = json.loads((resumed / "run.json").read_text())
+    meta["resumes"] = [{"from_step": 2, "changed": {"err_sft_every": [0, 1]}}, {"from_step": "bad"}]
+    (resumed / "run.json").write_text(json.dumps(meta))
+    html = report(cw.open_run(resumed), tmp_path / "resumed.html").read_text()
+    assert "Resumed after step 2: err_sft_every 0 → 1." in html and html.count("Resumed after") == 1
 
 
 @pytest.mark.slow

@@ -57,11 +57,27 @@ def _vlines(fig, findings: Findings) -> None:
         )
 
 
+def _resumes(meta: dict) -> list[tuple[int, str]]:
+    """(step, what changed) for each resume the run records (the bundled trainer writes `resumes` in
+    run.json): a run resumed with a remedy after a page reads differently from one left alone."""
+    out = []
+    for r in meta.get("resumes") or []:
+        if not isinstance(r, dict) or not isinstance(r.get("from_step"), int):
+            continue
+        changed = r.get("changed") if isinstance(r.get("changed"), dict) else {}
+        what = ", ".join(
+            f"{k} {v[0]} → {v[1]}" if isinstance(v, list) and len(v) == 2 else f"{k} {v}"
+            for k, v in changed.items()
+        )
+        out.append((r["from_step"], what or "no setting changed"))
+    return out
+
+
 def _has_values(t: pd.DataFrame, name: str) -> bool:
     return name in t.columns and bool(np.isfinite(pd.to_numeric(t[name], errors="coerce")).any())
 
 
-def _fig_outcome(findings: Findings):
+def _fig_outcome(findings: Findings, resumes: list[tuple[int, str]]):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -97,6 +113,8 @@ def _fig_outcome(findings: Findings):
             col=1,
         )
     _vlines(fig, findings)
+    for step, what in resumes:
+        fig.add_vline(x=step, line_dash="dot", line_color="grey", annotation_text=f"resumed: {what}")
     fig.update_layout(height=560, margin=dict(l=40, r=20, t=40, b=30))
     return fig
 
@@ -306,10 +324,11 @@ def report(run_or_path: Any, out_html: str | Path, findings: Findings | None = N
     seqs = run.sequences(
         columns=["step", "seq", "rank", "reward", "success", "turn_texts", "control_unexpected_max"]
     )
+    resumes = _resumes(run.meta)
     figs = [
         f
         for f in (
-            _fig_outcome(findings),
+            _fig_outcome(findings, resumes),
             _fig_heatmap(per_step, findings),
             _fig_probe(per_step, findings),
             _fig_alerts(findings),
@@ -329,6 +348,7 @@ def report(run_or_path: Any, out_html: str | Path, findings: Findings | None = N
     )
     if findings.onset_context:
         summary += f"<p>At the onset: {_esc(findings.onset_context['message'])}.</p>"
+    summary += "".join(f"<p>Resumed after step {step}: {_esc(what)}.</p>" for step, what in resumes)
     rc_rows = "".join(
         f"<tr><td>{r['rank']}</td><td>{_esc(r['token'])}</td><td>{_esc(r['position_type'])}</td>"
         f"<td>{r['first_move_step']}</td><td>{_esc(r['evidence'])}</td></tr>"
