@@ -17,7 +17,7 @@ where it stopped. Prints one JSON line per arm, then one JSON object with every 
 
 Usage: .venv/bin/python benchmarks/act_on_page.py --out /work/runs/r42/s400 --seed 400 \
     --arm none@30 --arm sft@30:err_sft_every=1 --arm sft@40:err_sft_every=1 \
-    [--original /work/runs/r40/collapse-s400] [--set KEY=VALUE ...]
+    [--original /work/runs/r40/collapse-s400] [--plot arms.png] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -116,6 +116,32 @@ def outcome(run_dir: Path, arm: Arm) -> dict:
     }  # fmt: skip
 
 
+def plot(arms: list[dict], path: Path) -> Path:
+    """Each arm's 5-step success mean and broken turns over the whole run, forks dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from detection_eval import save_figure  # this script's folder is on sys.path when it runs
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
+    for arm in arms:
+        steps = cw.open_run(arm["run"]).steps()
+        steps = steps[steps["step"] >= 1].sort_values("step")
+        label = f"{arm['arm']} (from {arm['fork']})"
+        (line,) = top.plot(steps["step"], steps["success/rate"].rolling(ONSET_WINDOW).mean(), label=label)
+        if {"states/text_pollution", "states/full_collapse"} <= set(steps):
+            broken = steps["states/text_pollution"] + steps["states/full_collapse"]
+            bottom.plot(steps["step"], broken.rolling(3, min_periods=1).mean(), color=line.get_color())
+        top.axvline(arm["fork"], color=line.get_color(), ls=":", lw=1)
+    top.axhline(0.5 * max(a["peak_ma5"] for a in arms), color="black", ls="--", lw=1, label="onset line")
+    top.set_ylabel("success (5-step mean)")
+    bottom.set_ylabel("broken turns (3-step mean)")
+    bottom.set_xlabel("step")
+    top.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="folder for the forks, the arms and their logs")
@@ -127,6 +153,7 @@ def main() -> int:
         "--original", default=None, help="a longer run of the same seed: check each fork reproduces it"
     )
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every stage (tests)")
+    ap.add_argument("--plot", default=None, metavar="PNG", help="each arm's success and broken turns")
     args = ap.parse_args()
     arms = [Arm.parse(a) for a in args.arm]
     if len({a.name for a in arms}) < len(arms) or any(not 0 < a.fork < args.steps for a in arms):
@@ -154,6 +181,8 @@ def main() -> int:
             train(args, run_dir.parent, args.steps, arm.sets, True, root / "logs" / f"{arm.name}.log")
         results.append(outcome(run_dir, arm))
         print(json.dumps(results[-1]), flush=True)
+    if args.plot:
+        plot(results, Path(args.plot))
     print(json.dumps({
         "benchmark": "act_on_page", "recipe": args.recipe, "seed": args.seed, "steps": args.steps,
         "reproduced": args.original if args.original else None, "arms": results,

@@ -55,8 +55,9 @@ def test_forks_a_run_and_continues_each_arm_with_its_own_settings(tmp_path, cach
     assert first[0] == first[1]
     # a second call reuses every finished run
     again = _run(str(REPO / "benchmarks" / "act_on_page.py"), "--out", str(tmp_path / "act"), "--seed", "3",
-                 "--steps", "4", "--arm", "none@2", *tiny)  # fmt: skip
+                 "--steps", "4", "--arm", "none@2", "--plot", str(tmp_path / "arms.png"), *tiny)  # fmt: skip
     assert again.returncode == 0 and "training" not in again.stderr and "arm none" not in again.stderr
+    assert (tmp_path / "arms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a fork that does not reproduce the original (another seed) is refused, not compared
     other = _run(str(REPO / "benchmarks" / "act_on_page.py"), "--out", str(tmp_path / "other"), "--seed", "4",
                  "--steps", "4", "--arm", "none@2", "--original", str(tmp_path / "orig" / "collapse-s3"), *tiny)  # fmt: skip
