@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 import collapsewatch as cw
 from collapsewatch.diagnostics.onset import ONSET_WINDOW
@@ -62,12 +63,9 @@ def finished_at(run_dir: Path) -> int | None:
     """The last step of a finished run folder, None if it is missing or did not finish."""
     try:
         run = cw.open_run(run_dir)
+        return run.last_step if run.status == "finished" else None
     except Exception:  # noqa: BLE001 - a half-written folder is redone, not an error
         return None
-    if run.meta.get("status") != "finished":
-        return None
-    steps = run.steps()
-    return int(steps["step"].max()) if len(steps) else None
 
 
 def train(
@@ -87,16 +85,15 @@ def train(
         raise SystemExit(f"error: training failed ({' '.join(cmd[3:])}); see {log}")
 
 
-def success_series(run_dir: Path) -> np.ndarray:
+def rl_steps(run_dir: Path) -> pd.DataFrame:
+    """The run's per-step scalars from step 1 on (step 0 holds the warm start's), in step order."""
     steps = cw.open_run(run_dir).steps()
-    steps = steps[steps["step"] >= 1].sort_values("step")
-    return steps["success/rate"].to_numpy(dtype=float)
+    return steps[steps["step"] >= 1].sort_values("step")
 
 
 def reproduces(fork: Path, original: Path, step: int) -> bool:
     """Every scalar of steps 1..`step` (wall-clock times and evaluations aside) equal in both runs."""
-    a, b = (cw.open_run(p).steps() for p in (fork, original))
-    a, b = (t[(t["step"] >= 1) & (t["step"] <= step)].sort_values("step") for t in (a, b))
+    a, b = (t[t["step"] <= step] for t in (rl_steps(fork), rl_steps(original)))
     names = sorted(c for c in set(a) & set(b) if not c.startswith(("time/", "eval/")))
     if len(a) != step or len(b) != step or "success/rate" not in names:
         return False
@@ -107,7 +104,7 @@ def reproduces(fork: Path, original: Path, step: int) -> bool:
 def outcome(run_dir: Path, arm: Arm) -> dict:
     """The arm's onset, where its 5-step success mean ends against half of its peak, and its tail."""
     row = summarise(cw.open_run(run_dir))
-    end, peak = float(np.mean(success_series(run_dir)[-ONSET_WINDOW:])), row["peak_ma5"]
+    end, peak = float(rl_steps(run_dir)["success/rate"].tail(ONSET_WINDOW).mean()), row["peak_ma5"]
     return {
         "arm": arm.name, "fork": arm.fork, "sets": list(arm.sets), "run": str(run_dir), "steps": row["steps"],
         "onset": row["onset"], "peak_ma5": round(peak, 4), "ma5_at_end": round(end, 4),
@@ -126,8 +123,7 @@ def plot(arms: list[dict], path: Path) -> Path:
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
     for arm in arms:
-        steps = cw.open_run(arm["run"]).steps()
-        steps = steps[steps["step"] >= 1].sort_values("step")
+        steps = rl_steps(Path(arm["run"]))
         label = f"{arm['arm']} (from {arm['fork']})"
         (line,) = top.plot(steps["step"], steps["success/rate"].rolling(ONSET_WINDOW).mean(), label=label)
         if {"states/text_pollution", "states/full_collapse"} <= set(steps):

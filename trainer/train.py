@@ -18,7 +18,8 @@ import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from collapsewatch.errors import UserError
+from collapsewatch.errors import RunError, UserError
+from collapsewatch.store.reader import open_run
 from collapsewatch.trainer import env
 from collapsewatch.trainer import model as model_lib
 from collapsewatch.trainer import tokenizer as tokenizer_lib
@@ -273,9 +274,10 @@ def train(
 
 
 def _read_meta(run_dir: Path) -> dict[str, Any]:
+    """The run's run.json as the store reads it; {} if it cannot (the resume goes on without it)."""
     try:
-        return json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
+        return open_run(run_dir).meta
+    except RunError:
         return {}
 
 
