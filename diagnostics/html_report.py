@@ -57,9 +57,9 @@ def _vlines(fig, findings: Findings) -> None:
         )
 
 
-def _resumes(meta: dict) -> list[tuple[int, str]]:
-    """(step, what changed) for each resume the run records (the bundled trainer writes `resumes` in
-    run.json): a run resumed with a remedy after a page reads differently from one left alone."""
+def _resumes(meta: dict) -> list[tuple[int, str, str]]:
+    """(step, what changed, rows set aside) for each resume the run records (`resumes` in run.json, written by the
+    store): a run resumed with a remedy after a page reads differently from one left alone."""
     out = []
     for r in meta.get("resumes") or []:
         if not isinstance(r, dict) or not isinstance(r.get("from_step"), int):
@@ -69,15 +69,22 @@ def _resumes(meta: dict) -> list[tuple[int, str]]:
             f"{k} {v[0]} → {v[1]}" if isinstance(v, list) and len(v) == 2 else f"{k} {v}"
             for k, v in changed.items()
         )
-        out.append((r["from_step"], what or "no setting changed"))
+        out.append((r["from_step"], what or "no setting changed", _aside(r.get("superseded_rows"))))
     return out
+
+
+def _aside(rows: Any) -> str:
+    """The report's note on rows a resume replaced (the store keeps them under superseded/)."""
+    if not isinstance(rows, int) or rows <= 0:
+        return ""
+    return f" ({rows:,} rows of replayed steps set aside under superseded/)"
 
 
 def _has_values(t: pd.DataFrame, name: str) -> bool:
     return name in t.columns and bool(np.isfinite(pd.to_numeric(t[name], errors="coerce")).any())
 
 
-def _fig_outcome(findings: Findings, resumes: list[tuple[int, str]]):
+def _fig_outcome(findings: Findings, resumes: list[tuple[int, str, str]]):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -113,7 +120,7 @@ def _fig_outcome(findings: Findings, resumes: list[tuple[int, str]]):
             col=1,
         )
     _vlines(fig, findings)
-    for step, what in resumes:
+    for step, what, _ in resumes:
         fig.add_vline(x=step, line_dash="dot", line_color="grey", annotation_text=f"resumed: {what}")
     fig.update_layout(height=560, margin=dict(l=40, r=20, t=40, b=30))
     return fig
@@ -348,7 +355,9 @@ def report(run_or_path: Any, out_html: str | Path, findings: Findings | None = N
     )
     if findings.onset_context:
         summary += f"<p>At the onset: {_esc(findings.onset_context['message'])}.</p>"
-    summary += "".join(f"<p>Resumed after step {step}: {_esc(what)}.</p>" for step, what in resumes)
+    summary += "".join(
+        f"<p>Resumed after step {step}: {_esc(what)}{_esc(aside)}.</p>" for step, what, aside in resumes
+    )
     rc_rows = "".join(
         f"<tr><td>{r['rank']}</td><td>{_esc(r['token'])}</td><td>{_esc(r['position_type'])}</td>"
         f"<td>{r['first_move_step']}</td><td>{_esc(r['evidence'])}</td></tr>"
