@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import threading
+import sys
 from pathlib import Path
 
 import duckdb
@@ -14,6 +14,9 @@ import collapsewatch as cw
 from collapsewatch.store import layout
 from collapsewatch.store.resume import SUPERSEDED_DIR, supersede_steps
 from collapsewatch.store.writer import RunWriter
+
+sys.path.insert(0, str(Path(__file__).parent))
+from concurrent_reader import row_counts_during  # noqa: E402
 
 
 def _write_steps(writer: RunWriter, steps: range, reward: float) -> None:
@@ -65,18 +68,7 @@ def test_splitting_a_compacted_file_never_hides_or_doubles_a_row(tmp_path: Path)
     _write_steps(writer, range(50), reward=1.0)
     writer.close()  # one compacted file, steps 0-49
     run = cw.open_run(tmp_path / "r")
-    counts: list[int] = []
-    stop = threading.Event()
-
-    def poll() -> None:
-        while not stop.is_set():
-            counts.append(len(run.sequences()))
-
-    thread = threading.Thread(target=poll)
-    thread.start()
-    moved = supersede_steps(tmp_path / "r", 0, 25)
-    stop.set()
-    thread.join()
+    counts, moved = row_counts_during(run, lambda: supersede_steps(tmp_path / "r", 0, 25))
     assert set(counts) <= {200, 100} and counts[-1] == 100  # all rows, then the first 25 steps
     assert counts == sorted(counts, reverse=True)  # never fewer, then more
     assert moved == 25 * 4 + 25
