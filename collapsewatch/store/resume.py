@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -26,6 +26,14 @@ from collapsewatch import schema
 from collapsewatch.store import layout
 
 SUPERSEDED_DIR = "superseded"
+
+
+class ResumeMark(NamedTuple):
+    """One resume as the report and the dashboard show it."""
+
+    step: int  # the step the run continued after
+    changed: str  # "err_sft_every 0 → 1, steps 30 → 80", or "no setting changed"
+    aside: str  # " (1,234 rows of replayed steps set aside under superseded/)", or ""
 
 
 def read_previous_meta(run_dir: Path) -> dict[str, Any] | None:
@@ -124,3 +132,25 @@ def _free_name(path: Path) -> Path:
         n += 1
         candidate = path.with_name(f"{path.name}.{n}")
     return candidate
+
+
+def resume_marks(meta: dict[str, Any]) -> list[ResumeMark]:
+    """The resumes run.json records that continued (records without a `from_step` are skipped):
+    a run resumed with a remedy after a page reads differently from one left alone."""
+    out = []
+    for r in meta.get("resumes") or []:
+        if not isinstance(r, dict) or not isinstance(r.get("from_step"), int):
+            continue
+        changed = r.get("changed") if isinstance(r.get("changed"), dict) else {}
+        what = ", ".join(
+            f"{k} {v[0]} → {v[1]}" if isinstance(v, list) and len(v) == 2 else f"{k} {v}"
+            for k, v in changed.items()
+        )
+        rows = r.get("superseded_rows")
+        aside = (
+            f" ({rows:,} rows of replayed steps set aside under superseded/)"
+            if isinstance(rows, int) and rows > 0
+            else ""
+        )
+        out.append(ResumeMark(r["from_step"], what or "no setting changed", aside))
+    return out
