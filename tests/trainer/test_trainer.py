@@ -20,6 +20,7 @@ import torch
 
 import collapsewatch as cw
 import collapsewatch.trainer.train as train_module
+from collapsewatch.diagnostics import scan
 from collapsewatch.errors import UserError
 from collapsewatch.trainer import env
 from collapsewatch.trainer import model as model_lib
@@ -326,6 +327,7 @@ def test_a_crash_after_the_checkpoint_resumes_without_duplicate_steps(tmp_path, 
     train(cfg, out, resume=True, progress=False)  # ... but the checkpoint is step 2's
     run = cw.open_run(run_dir)
     assert run.status == "finished" and run.meta["resumes"][-1]["from_step"] == 2
+    assert [r["from_step"] for r in scan(run).to_dict()["resumes"]] == [2]  # the post-mortem says so
     assert run.meta["resumes"][-1]["previous_status"] == "crashed"
     seqs = run.sequences()
     per_step = seqs.groupby("step").size()
