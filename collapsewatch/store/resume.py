@@ -47,9 +47,11 @@ def read_previous_meta(run_dir: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
-        os.replace(path, path.with_name(path.name + ".unreadable"))
-        return {}
-    return meta if isinstance(meta, dict) else {}
+        meta = None
+    if isinstance(meta, dict):
+        return meta
+    os.replace(path, path.with_name(path.name + ".unreadable"))
+    return {}
 
 
 def merged_meta(previous: dict[str, Any], fresh: dict[str, Any]) -> dict[str, Any]:
