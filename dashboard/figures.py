@@ -19,6 +19,7 @@ from collapsewatch.dashboard.downsample import MAX_POINTS, downsample_together, 
 from collapsewatch.dashboard.runcache import RunSnapshot, series
 from collapsewatch.diagnostics.features import parse_control_stat
 from collapsewatch.schema import POSITION_TYPES, PROBE_TEXT, STRUCTURAL_STATES, parse_probe_token
+from collapsewatch.store.resume import resume_marks
 
 REWARD, SUCCESS, ENTROPY, TOOL_CALLS = "reward/mean", "success/rate", "entropy/mean", "tool_calls/per_rollout"
 STATE_COLORS = {
@@ -247,13 +248,55 @@ def overview_figure(snap: RunSnapshot) -> tuple[dict, list[list[str]]]:
     add(_line(*_xy(steps, ENTROPY), "entropy", "#6a1b9a"), rows - 1, "steps", ENTROPY)
     add(_line(*_xy(steps, TOOL_CALLS), "tool calls", "#00838f"), rows, "steps", TOOL_CALLS)
     layout["yaxis2"]["range"] = [0, 1]
+    layout["annotations"] += resume_annotations(snap)
     layout.update(
         hovermode="x unified",
-        shapes=alert_shapes(snap.alerts),
+        shapes=overview_shapes(snap),
         uirevision=snap.name,
         template=_white_template(),
     )
     return {"data": data, "layout": layout}, specs
+
+
+def overview_shapes(snap: RunSnapshot) -> list[dict]:
+    """The overview's vertical lines: alerts, then the steps a resume continued after."""
+    return alert_shapes(snap.alerts) + resume_shapes(snap)
+
+
+def resume_shapes(snap: RunSnapshot) -> list[dict]:
+    """A grey dashed line across every chart where the run was resumed (a remedy after a page, a
+    restart after a crash): what follows it came from another process, maybe other settings."""
+    return [
+        {
+            "type": "line",
+            "xref": "x",
+            "yref": "paper",
+            "x0": mark.step,
+            "x1": mark.step,
+            "y0": 0,
+            "y1": 1,
+            "line": {"color": "#757575", "width": 1.5, "dash": "dash"},
+        }
+        for mark in resume_marks(snap.meta)
+    ]
+
+
+def resume_annotations(snap: RunSnapshot) -> list[dict]:
+    """A label on the first chart per resume; hovering it says what changed."""
+    return [
+        {
+            "x": mark.step,
+            "xref": "x",
+            "y": 1,
+            "yref": "y domain",
+            "yanchor": "bottom",
+            "text": "resumed",
+            "hovertext": f"resumed after step {mark.step}: {mark.changed}{mark.aside}",
+            "showarrow": False,
+            "font": {"size": 10, "color": "#616161"},
+        }
+        for mark in resume_marks(snap.meta)
+    ]
 
 
 @functools.lru_cache(maxsize=1)
@@ -338,6 +381,7 @@ def cursor_of(snap: RunSnapshot) -> dict[str, int]:
         "steps": last(snap.steps),
         "states": last(snap.states),
         "alerts": 0 if snap.alerts is None else len(snap.alerts),
+        "resumes": len(resume_marks(snap.meta)),
     }
 
 

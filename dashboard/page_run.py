@@ -12,6 +12,7 @@ from dash import Dash, Input, Output, Patch, State, dcc, html, no_update
 from collapsewatch.dashboard import components, figures, routes
 from collapsewatch.dashboard.catalog import RunCatalog
 from collapsewatch.dashboard.runcache import RunSnapshot
+from collapsewatch.store.resume import resume_marks
 
 POLL_MS = 1000
 FIRST_POLL_MS = 2000
@@ -25,7 +26,8 @@ def _summary_line(snap: RunSnapshot) -> list:
             steps, id="run-steps", **{"data-last-step": "" if snap.last_step is None else str(snap.last_step)}
         ),
         html.Span(
-            f" · {len(snap.steps)} steps logged · updated {components.ago(snap.last_update)}",
+            f" · {len(snap.steps)} steps logged · updated {components.ago(snap.last_update)}"
+            + "".join(f" · resumed after step {m.step}: {m.changed}" for m in resume_marks(snap.meta)),
             className="muted",
         ),
     ]
@@ -107,7 +109,10 @@ def live_update(catalog: RunCatalog, state: dict):
     summary = _summary_line(snap)
     banner = components.banner(snap.warnings)
     alerts_link = f"{new_cursor['alerts']} alerts"
-    if not figures.specs_match(snap, specs) or new_cursor["steps"] < cursor.get("steps", -1):
+    rebuilt = new_cursor["steps"] < cursor.get("steps", -1) or new_cursor["resumes"] != cursor.get(
+        "resumes", 0
+    )
+    if not figures.specs_match(snap, specs) or rebuilt:  # a resume may have replaced steps shown
         fig, specs = figures.overview_figure(snap)
         return (
             fig,
@@ -124,7 +129,7 @@ def live_update(catalog: RunCatalog, state: dict):
         patch["data"][index]["x"].extend(x)
         patch["data"][index]["y"].extend(y)
     if new_cursor["alerts"] != cursor.get("alerts"):
-        patch["layout"]["shapes"] = figures.alert_shapes(snap.alerts)
+        patch["layout"]["shapes"] = figures.overview_shapes(snap)
         ax, ay, atext, acolor = figures.alert_markers(snap)
         marker_index = next((i for i, (src, _) in enumerate(specs) if src == "alerts"), None)
         if marker_index is not None:

@@ -58,6 +58,7 @@ class RunCache:
         self._states_lock = threading.Lock()
         self._states = pd.DataFrame(columns=["step", *STRUCTURAL_STATES])
         self._states_target: int | None = None
+        self._states_generation = 0  # bumped when a resume rewrote steps: older chunks are dropped
         self._states_job: Future[None] | None = None
 
     @property
@@ -79,13 +80,15 @@ class RunCache:
         problems: list[str] = []
         try:
             run = self.run
-            status = run.status
+            status = run.status  # re-reads run.json
+            meta = dict(run.meta)
+            # A resume (store/resume.py) may have replaced steps this cache holds: read them afresh.
+            rewritten = meta.get("resumes") != snap.meta.get("resumes")
             last_step = run.last_step
-            steps = self._new_steps(run, snap, last_step)
-            states, states_source = self._new_states(run, snap, steps, last_step)
+            steps = self._new_steps(run, snap, last_step, rewritten)
+            states, states_source = self._new_states(run, snap, steps, last_step, rewritten)
             alerts = self._alerts(run, snap)
             last_update = run.last_update
-            meta = dict(run.meta)
             tokens = run.control_tokens
         except cw.RunError as exc:
             self._snap = _replace(snap, warnings=[str(exc)])
@@ -113,11 +116,13 @@ class RunCache:
             meta=meta,
         )
 
-    def _new_steps(self, run: cw.Run, snap: RunSnapshot, last_step: int | None) -> pd.DataFrame:
+    def _new_steps(
+        self, run: cw.Run, snap: RunSnapshot, last_step: int | None, rewritten: bool
+    ) -> pd.DataFrame:
         old = snap.steps
         if last_step is None:
             return old
-        if old.empty or "step" not in old or len(old.columns) <= 1:
+        if rewritten or old.empty or "step" not in old or len(old.columns) <= 1:
             return wide_scalars(run, None)
         have = int(old["step"].iloc[-1])
         if last_step < have:
@@ -131,13 +136,18 @@ class RunCache:
         kept = old[old["step"] < have]
         return pd.concat([kept, new], ignore_index=True, sort=False)
 
-    def _new_states(self, run: cw.Run, snap: RunSnapshot, steps: pd.DataFrame, last_step: int | None):
+    def _new_states(
+        self, run: cw.Run, snap: RunSnapshot, steps: pd.DataFrame, last_step: int | None, rewritten: bool
+    ):
         scalar_cols = state_shares.state_columns_from_scalars(steps.columns)
         if scalar_cols:
             return state_shares.shares_from_scalars(steps, scalar_cols), "scalars"
         if self._classify is None or last_step is None:
             return snap.states, "none"
         with self._states_lock:
+            if rewritten:
+                self._states = self._states.iloc[:0]
+                self._states_generation += 1
             self._states_target = last_step
             if self._states_job is None or self._states_job.done():
                 self._states_job = background.submit(self._classify_turns, run)
@@ -159,7 +169,7 @@ class RunCache:
             return
         while not background.shutting_down():
             with self._states_lock:
-                done, target = self._states, self._states_target
+                done, target, generation = self._states, self._states_target, self._states_generation
             start = int(done["step"].iloc[-1]) + 1 if len(done) else int(first["step"].iloc[0])
             if target is None or start > target:
                 return
@@ -173,6 +183,8 @@ class RunCache:
                 new = pd.DataFrame({"step": [stop], **{s: [np.nan] for s in STRUCTURAL_STATES}})
             merged = pd.concat([done, new], ignore_index=True) if len(done) else new
             with self._states_lock:
+                if generation != self._states_generation:
+                    continue  # a resume rewrote steps meanwhile: start again from what is kept
                 self._states = merged.drop_duplicates("step", keep="last").reset_index(drop=True)
             time.sleep(0.02)  # hand the GIL to page requests between chunks
 

@@ -19,6 +19,7 @@ from collapsewatch.diagnostics.features import parse_control_stat
 from collapsewatch.diagnostics.scan import Findings, open_any_run, per_step_scalars, scan
 from collapsewatch.diagnostics.structure import summarize_rollout
 from collapsewatch.schema import PROBE_TEXT, parse_probe_token
+from collapsewatch.store.resume import ResumeMark, resume_marks
 
 _SEV_COLOUR = {"info": "#4c9be8", "warning": "#f0a020", "critical": "#d62728"}
 _STATE_COLOUR = {
@@ -57,27 +58,11 @@ def _vlines(fig, findings: Findings) -> None:
         )
 
 
-def _resumes(meta: dict) -> list[tuple[int, str]]:
-    """(step, what changed) for each resume the run records (the bundled trainer writes `resumes` in
-    run.json): a run resumed with a remedy after a page reads differently from one left alone."""
-    out = []
-    for r in meta.get("resumes") or []:
-        if not isinstance(r, dict) or not isinstance(r.get("from_step"), int):
-            continue
-        changed = r.get("changed") if isinstance(r.get("changed"), dict) else {}
-        what = ", ".join(
-            f"{k} {v[0]} → {v[1]}" if isinstance(v, list) and len(v) == 2 else f"{k} {v}"
-            for k, v in changed.items()
-        )
-        out.append((r["from_step"], what or "no setting changed"))
-    return out
-
-
 def _has_values(t: pd.DataFrame, name: str) -> bool:
     return name in t.columns and bool(np.isfinite(pd.to_numeric(t[name], errors="coerce")).any())
 
 
-def _fig_outcome(findings: Findings, resumes: list[tuple[int, str]]):
+def _fig_outcome(findings: Findings, resumes: list[ResumeMark]):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -113,8 +98,10 @@ def _fig_outcome(findings: Findings, resumes: list[tuple[int, str]]):
             col=1,
         )
     _vlines(fig, findings)
-    for step, what in resumes:
-        fig.add_vline(x=step, line_dash="dot", line_color="grey", annotation_text=f"resumed: {what}")
+    for mark in resumes:
+        fig.add_vline(
+            x=mark.step, line_dash="dot", line_color="grey", annotation_text=f"resumed: {mark.changed}"
+        )
     fig.update_layout(height=560, margin=dict(l=40, r=20, t=40, b=30))
     return fig
 
@@ -324,7 +311,7 @@ def report(run_or_path: Any, out_html: str | Path, findings: Findings | None = N
     seqs = run.sequences(
         columns=["step", "seq", "rank", "reward", "success", "turn_texts", "control_unexpected_max"]
     )
-    resumes = _resumes(run.meta)
+    resumes = resume_marks(run.meta)
     figs = [
         f
         for f in (
@@ -348,7 +335,9 @@ def report(run_or_path: Any, out_html: str | Path, findings: Findings | None = N
     )
     if findings.onset_context:
         summary += f"<p>At the onset: {_esc(findings.onset_context['message'])}.</p>"
-    summary += "".join(f"<p>Resumed after step {step}: {_esc(what)}.</p>" for step, what in resumes)
+    summary += "".join(
+        f"<p>Resumed after step {m.step}: {_esc(m.changed)}{_esc(m.aside)}.</p>" for m in resumes
+    )
     rc_rows = "".join(
         f"<tr><td>{r['rank']}</td><td>{_esc(r['token'])}</td><td>{_esc(r['position_type'])}</td>"
         f"<td>{r['first_move_step']}</td><td>{_esc(r['evidence'])}</td></tr>"

@@ -63,6 +63,8 @@ class Findings:
     onset_context: dict | None = None
     timeline: pd.DataFrame | None = None  # per step: success series, structural shares, confidence
     per_step: dict[int, dict[str, float]] | None = None  # the scalars the detectors saw, by step
+    # run.json's record of each resume (store/resume.py): where the run continued, what changed
+    resumes: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         skip = ("alerts", "timeline", "per_step", "root_cause")
@@ -283,4 +285,5 @@ def findings_of(
         onset_context=context,
         timeline=timeline,
         per_step=per_step,
+        resumes=[r for r in (getattr(run, "meta", {}) or {}).get("resumes") or [] if isinstance(r, dict)],
     )

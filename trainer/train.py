@@ -18,8 +18,7 @@ import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from collapsewatch.errors import RunError, UserError
-from collapsewatch.store.reader import open_run
+from collapsewatch.errors import UserError
 from collapsewatch.trainer import env
 from collapsewatch.trainer import model as model_lib
 from collapsewatch.trainer import tokenizer as tokenizer_lib
@@ -225,10 +224,11 @@ def train(
     config = dataclasses.asdict(cfg) | origin | {
         "parameters": model_lib.count_parameters(model), "world_size": world, "trainer": "collapsewatch.trainer",
     }  # fmt: skip
-    previous = _read_meta(run_dir) if resume and rank == 0 else {}  # RunLog rewrites run.json
+    # On --resume the store keeps run.json (warm start's evaluation, earlier resumes), records this
+    # resume with the settings that changed, and sets aside the steps replayed after the checkpoint.
     log = RunLog(str(out), run_name, fmt, config, rank, world)
-    if previous:
-        log.update_meta(**_resumed_meta(previous, config, start - 1))
+    if resume:
+        log.update_meta(final_eval=None)  # the earlier segment's; this one writes its own
     s = GRPOState(cfg, ddp_model, model, ref, opt, fmt, device, log, rank, world, task_rng, sample_gen)
     s.probe = control_probe(fmt, cfg.probe_tasks)
     if start == 1 and rank == 0 and cfg.eval_tasks > 0:
@@ -271,25 +271,6 @@ def train(
             _save_checkpoint(s, step, ckpt_path)
         log.close(status)
     return {"run_dir": str(run_dir), "history": history, "status": status}
-
-
-def _read_meta(run_dir: Path) -> dict[str, Any]:
-    """The run's run.json as the store reads it; {} if it cannot (the resume goes on without it)."""
-    try:
-        return open_run(run_dir).meta
-    except RunError:
-        return {}
-
-
-def _resumed_meta(previous: dict[str, Any], config: dict[str, Any], from_step: int) -> dict[str, Any]:
-    """What a resumed run keeps of its run.json: the warm start's evaluation, and per resume the
-    step it continued from and the settings that changed there ([before, after]), so a run resumed
-    with other settings (a remedy after a page) says so."""
-    before = previous.get("config") or {}
-    after = json.loads(json.dumps(config, default=str))  # tuples as JSON lists, as run.json has them
-    changed = {k: [before[k], v] for k, v in after.items() if k in before and before[k] != v and k != "steps"}
-    kept = {"warm_start_eval": previous["warm_start_eval"]} if "warm_start_eval" in previous else {}
-    return kept | {"resumes": [*previous.get("resumes", []), {"from_step": from_step, "changed": changed}]}
 
 
 def _save_checkpoint(s: GRPOState, step: int, path: Path) -> None:

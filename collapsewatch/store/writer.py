@@ -9,7 +9,6 @@ with one warning: training never waits on, or dies of, the writer.
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import queue
 import sys
@@ -27,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from collapsewatch import schema
-from collapsewatch.store import layout
+from collapsewatch.store import layout, resume
 
 _FLOAT_TYPES = (pa.float32(), pa.float64())
 # Token-table floats stored with 12 mantissa bits (docs/run-format.md): half the bytes on disk.
@@ -152,9 +151,16 @@ class RunWriter:
 
         # run.json and the heartbeat come first: a directory is a run as soon as a reader can see it.
         (self.run_dir / layout.HEARTBEAT_DIR).mkdir(parents=True, exist_ok=True)
+        # An existing run is a resume: its run.json is merged into, and the steps it replays are
+        # moved aside before the first new row lands (store/resume.py).
+        self._replay_check = resume.has_rows(self.run_dir, self.rank)
+        self._resumed = False
         self._meta: dict[str, Any] = {}
         if self.rank == 0:
-            self._meta = self._initial_meta(config, tokenizer, capture, extra_meta)
+            fresh = self._initial_meta(config, tokenizer, capture, extra_meta)
+            previous = resume.read_previous_meta(self.run_dir)
+            self._resumed = previous is not None
+            self._meta = fresh if previous is None else resume.merged_meta(previous, fresh)
             layout.atomic_write_json(self.run_dir / layout.RUN_JSON, self._meta)
         self._write_heartbeat("running")
         for table in schema.TABLES:
@@ -255,6 +261,8 @@ class RunWriter:
                 self._pending_bytes -= size
             if not self.enabled:
                 return
+            if self._replay_check or self._resumed:
+                self._supersede_replayed(step)
             if self._max_buffered_step is not None and step > self._max_buffered_step:
                 self._flush_through(step - 1)  # a later step means earlier ones are complete
             try:
@@ -272,6 +280,24 @@ class RunWriter:
             self._write_heartbeat("running")
         elif kind == "meta" and self.rank == 0:
             self._meta.update(item[1])
+            self._write_meta()
+
+    def _supersede_replayed(self, first_step: int) -> None:
+        """First row after a resume: earlier rows of this and later steps move to superseded/, and
+        run.json's record of the resume learns the step it continued from."""
+        moved = 0
+        try:
+            if self._replay_check:
+                moved = resume.supersede_steps(self.run_dir, self.rank, first_step)
+        except OSError:
+            raise  # capture off, as for any write error
+        except Exception as exc:  # e.g. an unreadable old file: keep writing, say so
+            self.record_failure("resume_error", f"could not set aside replayed steps: {exc!r}")
+        finally:
+            self._replay_check = False
+        if self._resumed:
+            self._resumed = False
+            self._meta["resumes"][-1].update(from_step=first_step - 1, superseded_rows=moved)
             self._write_meta()
 
     def _to_arrow(self, table: str, step: int, columns: Mapping[str, Any]) -> pa.Table:
@@ -377,18 +403,11 @@ class RunWriter:
 
     # ----- metadata ---------------------------------------------------------------------------
     def _initial_meta(self, config, tokenizer, capture, extra_meta) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-        meta_path = self.run_dir / layout.RUN_JSON
-        started_at = layout.now()
-        if meta_path.exists():  # resuming: keep the original start time
-            try:
-                started_at = json.loads(meta_path.read_text()).get("started_at", started_at)
-            except (OSError, ValueError):
-                pass
         meta = {
             "schema_version": schema.SCHEMA_VERSION,
             "run": self.run_dir.name,
             "status": "running",
-            "started_at": started_at,
+            "started_at": layout.now(),
             "finished_at": None,
             "config": dict(config or {}),
             "tokenizer": tokenizer,

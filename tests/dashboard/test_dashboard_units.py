@@ -266,6 +266,46 @@ def test_live_update_patches_only_the_new_step(tmp_path) -> None:
     assert catalog.cache("live").snapshot().status == "crashed"
 
 
+def test_a_resume_that_replaces_steps_redraws_them_and_marks_where(tmp_path) -> None:
+    """A crashed run resumed from an older checkpoint: the cache drops the replaced steps' old
+    values even if it never saw the moment they were set aside, and the overview is rebuilt
+    with a line and a label where the run continued."""
+    from collapsewatch.store.writer import RunWriter
+
+    def segment(steps: range, reward: float, status: str, lr: float) -> None:
+        writer = RunWriter(tmp_path, "resumed", config={"lr": lr})
+        for step in steps:
+            writer.write("steps", step, {"name": ["reward/mean"], "value": [reward]})
+            writer.flush_step(step)
+        writer.close(status=status)
+
+    segment(range(1, 7), 1.0, "crashed", 1e-5)
+    catalog = RunCatalog(tmp_path)
+    snap = catalog.cache("resumed").snapshot()
+    fig, specs = figures.overview_figure(snap)
+    state = {"run": "resumed", "specs": specs, "cursor": figures.cursor_of(snap)}
+    assert not any(a.get("text") == "resumed" for a in fig["layout"]["annotations"])
+    segment(range(4, 9), 2.0, "finished", 5e-6)  # the checkpoint was step 3's
+    time.sleep(0.3)  # past the cache's minimum refresh interval
+    fig, new_state, _, _, summary, *_ = live_update(catalog, state)
+    assert isinstance(fig, dict) and new_state["cursor"]["resumes"] == 1  # rebuilt, not patched
+    assert "resumed after step 3: lr 1e-05 → 5e-06" in summary[1].children
+    snap = catalog.cache("resumed").snapshot()
+    assert snap.steps.set_index("step")["reward/mean"].to_dict() == {
+        1: 1.0,
+        2: 1.0,
+        3: 1.0,
+        **{s: 2.0 for s in range(4, 9)},
+    }
+    lines = [s for s in fig["layout"]["shapes"] if s["line"].get("dash") == "dash"]
+    assert [s["x0"] for s in lines] == [3]
+    (label,) = [a for a in fig["layout"]["annotations"] if a.get("text") == "resumed"]
+    assert label["x"] == 3 and "lr 1e-05 → 5e-06" in label["hovertext"] and "set aside" in label["hovertext"]
+    import plotly.graph_objects as go
+
+    go.Figure(fig)  # a valid plotly figure, the label's "y domain" reference included
+
+
 def test_structural_states_are_classified_in_the_background_until_the_last_step(runs_root) -> None:
     cache = RunCatalog(runs_root).cache("collapse-s0")
     deadline = time.time() + 20

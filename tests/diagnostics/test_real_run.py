@@ -76,10 +76,15 @@ def test_report_says_where_a_run_was_resumed_with_other_settings(real_run, tmp_p
 
     resumed = shutil.copytree(real_run, tmp_path / real_run.name)
     meta = json.loads((resumed / "run.json").read_text())
-    meta["resumes"] = [{"from_step": 2, "changed": {"err_sft_every": [0, 1]}}, {"from_step": "bad"}]
+    meta["resumes"] = [
+        {"from_step": 2, "changed": {"err_sft_every": [0, 1]}},
+        {"from_step": "bad"},
+        {"from_step": 3, "changed": {}, "superseded_rows": 1234},
+    ]
     (resumed / "run.json").write_text(json.dumps(meta))
     html = report(cw.open_run(resumed), tmp_path / "resumed.html").read_text()
-    assert "Resumed after step 2: err_sft_every 0 → 1." in html and html.count("Resumed after") == 1
+    assert "Resumed after step 2: err_sft_every 0 → 1." in html and html.count("Resumed after") == 2
+    assert "Resumed after step 3: no setting changed (1,234 rows of replayed steps set aside" in html
 
 
 @pytest.mark.slow

@@ -58,6 +58,7 @@ def make_trainer(
     num_iterations: int = 1,
     beta: float = 0.0,
     max_completion_length: int = 24,
+    save_steps: int | None = None,
 ) -> Any:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
@@ -91,7 +92,8 @@ def make_trainer(
         learning_rate=1e-3,
         num_iterations=num_iterations,
         beta=beta,
-        save_strategy="no",
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
         seed=0,
         temperature=1.0,
         max_tool_calling_iterations=1,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -164,6 +166,32 @@ def test_gradient_accumulation_and_num_iterations(tmp_path):
 class CriticalAtOnce:
     def update(self, step, scalars, sequences):  # type: ignore[no-untyped-def]
         return [Alert(step, "control_spike", "critical", "spike", 1.0, 0.0, {})]
+
+
+def test_resume_from_an_older_checkpoint_shows_each_step_once(tmp_path):
+    """TRL's resume_from_checkpoint into the same run: the step trained again after the checkpoint
+    replaces the first attempt's rows (kept under superseded/), and run.json keeps its history."""
+    out = tmp_path / "out"
+    first = make_trainer(str(out), steps=3, save_steps=2)
+    attach(first, root=str(tmp_path), run_name="resumed")
+    first.train()
+    before = open_run(tmp_path / "resumed")
+    old_step3 = sorted(before.sequences().query("step == 3")["uid"])
+    assert before.last_step == 3 and old_step3
+    shutil.rmtree(out / "checkpoint-3", ignore_errors=True)  # as if it crashed before saving step 3
+    second = make_trainer(str(out), steps=3, save_steps=2)
+    attach(second, root=str(tmp_path), run_name="resumed")
+    second.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+    assert second.state.global_step == 3
+    run = open_run(tmp_path / "resumed")
+    assert run.meta["started_at"] == before.meta["started_at"]
+    assert [(r["from_step"], r["previous_status"]) for r in run.meta["resumes"]] == [(2, "finished")]
+    seqs = run.sequences()
+    assert seqs.groupby("step").size().to_dict() == {1: 4, 2: 4, 3: 4}  # step 3 once, the new one
+    assert run.steps()["step"].is_unique
+    moved = run.path / "superseded" / "after-step-00000002" / "sequences"
+    old = pq.read_table(sorted(moved.rglob("*.parquet*"))).to_pandas()
+    assert sorted(old["uid"]) == old_step3 and set(old["step"]) == {3}
 
 
 def test_stop_on_critical_stops_training(tmp_path):

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from collapsewatch.store.writer import RunWriter, compact_rank
 HERE = Path(__file__).parent
 WRITER = [sys.executable, str(HERE / "writer_process.py")]
 sys.path.insert(0, str(HERE))
+from concurrent_reader import row_counts_during  # noqa: E402
 from writer_process import CONTROL, step_data  # noqa: E402
 
 
@@ -106,18 +106,7 @@ def test_compaction_is_atomic_for_a_concurrent_reader(tmp_path: Path) -> None:
         writer.write("sequences", step, {"seq": np.arange(4), "reward": np.full(4, float(step))})
     writer.close()
     run = cw.open_run(tmp_path / "r")
-    counts: list[int] = []
-    stop = threading.Event()
-
-    def poll() -> None:
-        while not stop.is_set():
-            counts.append(len(run.sequences()))
-
-    thread = threading.Thread(target=poll)
-    thread.start()
-    compact_rank(tmp_path / "r", "sequences", 0)
-    stop.set()
-    thread.join()
+    counts, _ = row_counts_during(run, lambda: compact_rank(tmp_path / "r", "sequences", 0))
     assert set(counts) == {200}
     assert [p.name for p in run.files("sequences")] == ["steps-00000000-00000049.parquet"]
 

@@ -45,10 +45,13 @@ def test_forks_a_run_and_continues_each_arm_with_its_own_settings(tmp_path, cach
     sft_steps = steps["sft"].loc[steps["sft"]["sft/erroneous_loss"].notna(), "step"].tolist()
     assert sft_steps and min(sft_steps) > 2  # the remedy starts after the fork
     assert "sft/erroneous_loss" not in steps["none"] or steps["none"]["sft/erroneous_loss"].isna().all()
-    resumes = {name: cw.open_run(a["run"]).meta["resumes"] for name, a in arms.items()}
+    resumes = {
+        name: [(r["from_step"], r["changed"]) for r in cw.open_run(a["run"]).meta["resumes"]]
+        for name, a in arms.items()
+    }
     assert resumes == {
-        "none": [{"from_step": 2, "changed": {}}],
-        "sft": [{"from_step": 2, "changed": {"err_sft_every": [0, 1]}}],
+        "none": [(2, {"steps": [2, 4]})],
+        "sft": [(2, {"steps": [2, 4], "err_sft_every": [0, 1]})],
     }
     # both arms carry the original's first two steps, and continue from the same state
     first = [s.sort_values("step")["success/rate"].to_numpy()[:2].tolist() for s in steps.values()]

@@ -14,10 +14,13 @@ import sys
 from collections import deque
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 import collapsewatch as cw
+import collapsewatch.trainer.train as train_module
+from collapsewatch.diagnostics import scan
 from collapsewatch.errors import UserError
 from collapsewatch.trainer import env
 from collapsewatch.trainer import model as model_lib
@@ -301,6 +304,41 @@ def test_expert_rollouts_must_leave_policy_rollouts(tiny_cfg):
         tiny_cfg.override(expert_rollouts=0).validate()
 
 
+def test_a_crash_after_the_checkpoint_resumes_without_duplicate_steps(tmp_path, tiny_cfg, monkeypatch):
+    """A checkpoint older than the crash: the resumed run trains the lost step again; readers see
+    it once (the new rows), and the rows of the crashed attempt are kept under superseded/."""
+    real_step = train_module.grpo_step
+
+    def crash_after_step_3(state, step):
+        metrics = real_step(state, step)  # step 3's rows reach the run ...
+        if step == 3:
+            raise RuntimeError("simulated crash before the step-3 checkpoint")
+        return metrics
+
+    out, cfg = tmp_path / "runs", tiny_cfg.override(steps=3, checkpoint_every=1, eval_tasks=0)
+    monkeypatch.setattr(train_module, "grpo_step", crash_after_step_3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, out, progress=False)
+    run_dir = out / f"{cfg.recipe}-s{cfg.seed}"
+    crashed = cw.open_run(run_dir)
+    assert crashed.status == "crashed" and crashed.last_step == 3
+    old_step3 = crashed.sequences().query("step == 3")["uid"].tolist()
+    monkeypatch.setattr(train_module, "grpo_step", real_step)
+    train(cfg, out, resume=True, progress=False)  # ... but the checkpoint is step 2's
+    run = cw.open_run(run_dir)
+    assert run.status == "finished" and run.meta["resumes"][-1]["from_step"] == 2
+    assert [r["from_step"] for r in scan(run).to_dict()["resumes"]] == [2]  # the post-mortem says so
+    assert run.meta["resumes"][-1]["previous_status"] == "crashed"
+    seqs = run.sequences()
+    per_step = seqs.groupby("step").size()
+    assert per_step.index.tolist() == [1, 2, 3] and per_step.nunique() == 1  # step 3 once
+    assert run.steps()["step"].is_unique  # one row per step in the wide view, no replayed twin
+    moved = list((run_dir / "superseded" / "after-step-00000002" / "sequences").rglob("*.parquet*"))
+    assert moved and run.meta["resumes"][-1]["superseded_rows"] > 0
+    kept = pq.read_table(moved[0]).to_pandas()
+    assert set(kept["step"]) == {3} and sorted(kept["uid"]) == sorted(old_step3)
+
+
 def test_train_writes_a_run_and_model_path_reloads_its_checkpoint(tmp_path, tiny_cfg):
     out = tmp_path / "runs"
     summary = train(tiny_cfg.override(steps=2, checkpoint_every=1), out, progress=False)
@@ -324,8 +362,11 @@ def test_train_writes_a_run_and_model_path_reloads_its_checkpoint(tmp_path, tiny
     assert [h["step"] for h in resumed["history"]] == [3]
     # ... and run.json says from where, with which settings changed, keeping the warm start's evaluation
     meta = cw.open_run(summary["run_dir"]).meta
-    assert meta["resumes"] == [{"from_step": 2, "changed": {"err_sft_every": [0, 1]}}]
+    assert [(r["from_step"], r["changed"], r["previous_status"]) for r in meta["resumes"]] == [
+        (2, {"steps": [2, 3], "err_sft_every": [0, 1]}, "finished")
+    ]
     assert meta["warm_start_eval"] == run.meta["warm_start_eval"] and meta["config"]["err_sft_every"] == 1
+    assert meta["started_at"] == run.meta["started_at"]
     # --model PATH: the saved policy loads (with its own tokenizer and template) and takes a GRPO step
     model_dir = Path(summary["run_dir"]) / "model"
     model, tok = model_lib.load_pretrained(model_dir, torch.device("cpu"))
