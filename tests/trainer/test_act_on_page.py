@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import collapsewatch as cw
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,6 +58,19 @@ def test_forks_a_run_and_continues_each_arm_with_its_own_settings(tmp_path, cach
     # both arms carry the original's first two steps, and continue from the same state
     first = [s.sort_values("step")["success/rate"].to_numpy()[:2].tolist() for s in steps.values()]
     assert first[0] == first[1]
+    # the pooled summary reads the same result: counts per arm, the paired difference, a plot
+    (tmp_path / "s3.json").write_text(json.dumps(result))
+    pooled = _run(str(REPO / "benchmarks" / "act_on_page_summary.py"), str(tmp_path / "s3.json"),
+                  "--pair", "sft", "none", "--plot", str(tmp_path / "pooled.png"))  # fmt: skip
+    assert pooled.returncode == 0, pooled.stderr[-2000:]
+    summary = json.loads(pooled.stdout)
+    for name, arm in arms.items():
+        assert summary["arms"][name]["below_line_at_end"] == int(arm["below_line_at_end"])
+        assert summary["arms"][name]["with_onset"] == int(arm["onset"] is not None)
+        assert len(summary["arms"][name]["steps_below_after_fork"]) == 1
+    d = arms["sft"]["success_last10"] - arms["none"]["success_last10"]
+    assert summary["pair"]["d"] == {"3": pytest.approx(d, abs=1e-4)}
+    assert (tmp_path / "pooled.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a second call reuses every finished run
     again = _run(str(REPO / "benchmarks" / "act_on_page.py"), "--out", str(tmp_path / "act"), "--seed", "3",
                  "--steps", "4", "--arm", "none@2", "--plot", str(tmp_path / "arms.png"), *tiny)  # fmt: skip

@@ -1,0 +1,139 @@
+"""Pool `act_on_page.py` results over seeds: per arm, how the forks ended and how close they came.
+
+Reads the JSON objects `act_on_page.py` prints last (one file per seed) and each arm's run. Per
+arm: runs that end below the onset line, runs with an onset (the issue's definition, over the
+whole run), the lowest 5-step success mean after the fork as a share of the onset line then (1.0
+is on the line), steps below the line after the fork, and medians of the end figures.
+`--pair A B` adds, per seed, A's success over the last 10 steps minus B's (item 43's d).
+`--plot` draws every seed's 5-step success over the onset line, one panel per arm, from its fork.
+Prints one JSON object.
+
+Usage: .venv/bin/python benchmarks/act_on_page_summary.py docs/data/act-on-page-r40-s40*.json \
+    [--pair sft-at-page none-at-page] [--plot docs/img/act-on-page-r40.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from act_on_page import rl_steps  # this script's folder is on sys.path when it runs
+
+from collapsewatch.diagnostics.onset import ONSET_WINDOW
+
+
+def relative_success(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, 5-step success mean over the onset line at that step: half the running peak)."""
+    steps = rl_steps(run_dir)
+    mean = steps["success/rate"].rolling(ONSET_WINDOW).mean().to_numpy(dtype=float)
+    line = 0.5 * np.fmax.accumulate(np.nan_to_num(mean, nan=0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return steps["step"].to_numpy(), np.where(line > 0, mean / line, np.nan)
+
+
+def closest_approach(arm: dict) -> dict:
+    """The lowest point after the fork (as a share of the line) and the steps spent below it."""
+    steps, rel = relative_success(Path(arm["run"]))
+    after = steps > arm["fork"]
+    below = int(np.sum(after & (rel < 1.0)))
+    if not np.isfinite(rel[after]).any():  # fewer than 5 steps: no 5-step mean yet
+        return {"min_over_line": None, "min_step": None, "steps_below_after_fork": below}
+    i = int(np.nanargmin(np.where(after, rel, np.nan)))
+    return {
+        "min_over_line": round(float(rel[i]), 3),
+        "min_step": int(steps[i]),
+        "steps_below_after_fork": below,
+    }
+
+
+def median(values: list[float]) -> float | None:
+    return round(float(np.median(values)), 4) if values else None
+
+
+def summarise_arms(results: list[dict]) -> dict:
+    by_arm: dict[str, list[dict]] = {}
+    for result in results:
+        for arm in result["arms"]:
+            by_arm.setdefault(arm["arm"], []).append({**arm, **closest_approach(arm), "seed": result["seed"]})
+    out = {}
+    for name, arms in by_arm.items():
+        out[name] = {
+            "seeds": [a["seed"] for a in arms],
+            "below_line_at_end": sum(a["below_line_at_end"] for a in arms),
+            "with_onset": sum(a["onset"] is not None for a in arms),
+            "steps_below_after_fork": [a["steps_below_after_fork"] for a in arms],
+            "min_over_line": [a["min_over_line"] for a in arms],
+            "median_min_over_line": median(
+                [a["min_over_line"] for a in arms if a["min_over_line"] is not None]
+            ),
+            "median_ma5_at_end": median([a["ma5_at_end"] for a in arms]),
+            "median_success_last10": median([a["success_last10"] for a in arms]),
+            "median_broken_last5": median([a["broken_last5"] for a in arms]),
+        }
+    return out
+
+
+def paired(results: list[dict], a: str, b: str) -> dict:
+    """Per seed, arm a's success over the last 10 steps minus arm b's."""
+    d = {}
+    for result in results:
+        arms = {arm["arm"]: arm for arm in result["arms"]}
+        if a in arms and b in arms:
+            d[result["seed"]] = round(arms[a]["success_last10"] - arms[b]["success_last10"], 4)
+    values = list(d.values())
+    return {
+        "arms": [a, b],
+        "d": d,
+        "median": median(values),
+        "positive": sum(v > 0 for v in values),
+        "negative": sum(v < 0 for v in values),
+    }
+
+
+def plot(results: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from detection_eval import save_figure
+
+    names = list(dict.fromkeys(arm["arm"] for r in results for arm in r["arms"]))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        for result in results:
+            for arm in result["arms"]:
+                if arm["arm"] != name:
+                    continue
+                steps, rel = relative_success(Path(arm["run"]))
+                keep = steps >= arm["fork"] - 5
+                ax.plot(steps[keep] - arm["fork"], rel[keep], lw=1, label=f"s{result['seed']}")
+        ax.axhline(1.0, color="black", ls="--", lw=1)
+        ax.axvline(0, color="grey", ls=":", lw=1)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("steps after the fork")
+    axes[0][0].set_ylabel("5-step success / onset line")
+    axes[0][-1].legend(fontsize=6, ncol=2)
+    return save_figure(fig, path)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", nargs="+", type=Path, help="act_on_page.py JSON outputs, one per seed")
+    ap.add_argument("--pair", nargs=2, metavar=("A", "B"), default=None)
+    ap.add_argument("--plot", type=Path, default=None, metavar="PNG")
+    args = ap.parse_args()
+    results = [json.loads(p.read_text()) for p in args.results]
+    out: dict = {"benchmark": "act_on_page_summary", "seeds": [r["seed"] for r in results]}
+    out["arms"] = summarise_arms(results)
+    if args.pair:
+        out["pair"] = paired(results, *args.pair)
+    if args.plot:
+        out["plot"] = str(plot(results, args.plot))
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
