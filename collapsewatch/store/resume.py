@@ -75,17 +75,12 @@ def merged_meta(previous: dict[str, Any], fresh: dict[str, Any]) -> dict[str, An
     }
 
 
-def has_rows(run_dir: Path, rank: int) -> bool:
-    """Whether this rank already wrote data files (then its first new step may replay old ones)."""
-    return any(_rank_files(run_dir, table, rank) for table in schema.TABLES)
-
-
 def supersede_steps(run_dir: Path, rank: int, first_step: int) -> int:
     """Move this rank's rows for steps >= `first_step` into ``superseded/after-step-N/``.
 
     Whole files move with ``os.replace``; a compacted file that straddles the step is split, its
-    earlier part rewritten in place under a name that ends before `first_step`. Returns the number of rows moved. Each rank moves only its
-    own files, so ranks need no coordination.
+    earlier part rewritten in place under a name that ends before `first_step`. Returns the
+    number of rows moved. Each rank moves only its own files, so ranks need no coordination.
     """
     from collapsewatch.store.writer import parquet_write  # the writer imports this module
 

@@ -153,7 +153,7 @@ class RunWriter:
         (self.run_dir / layout.HEARTBEAT_DIR).mkdir(parents=True, exist_ok=True)
         # An existing run is a resume: its run.json is merged into, and the steps it replays are
         # moved aside before the first new row lands (store/resume.py).
-        self._replay_check = resume.has_rows(self.run_dir, self.rank)
+        self._before_first_row = True
         self._resumed = False
         self._meta: dict[str, Any] = {}
         if self.rank == 0:
@@ -261,7 +261,7 @@ class RunWriter:
                 self._pending_bytes -= size
             if not self.enabled:
                 return
-            if self._replay_check or self._resumed:
+            if self._before_first_row:
                 self._supersede_replayed(step)
             if self._max_buffered_step is not None and step > self._max_buffered_step:
                 self._flush_through(step - 1)  # a later step means earlier ones are complete
@@ -285,18 +285,15 @@ class RunWriter:
     def _supersede_replayed(self, first_step: int) -> None:
         """First row after a resume: earlier rows of this and later steps move to superseded/, and
         run.json's record of the resume learns the step it continued from."""
+        self._before_first_row = False
         moved = 0
-        try:
-            if self._replay_check:
-                moved = resume.supersede_steps(self.run_dir, self.rank, first_step)
+        try:  # a new run has nothing to move: four empty folders listed, once
+            moved = resume.supersede_steps(self.run_dir, self.rank, first_step)
         except OSError:
             raise  # capture off, as for any write error
         except Exception as exc:  # e.g. an unreadable old file: keep writing, say so
             self.record_failure("resume_error", f"could not set aside replayed steps: {exc!r}")
-        finally:
-            self._replay_check = False
         if self._resumed:
-            self._resumed = False
             self._meta["resumes"][-1].update(from_step=first_step - 1, superseded_rows=moved)
             self._write_meta()
 
