@@ -21,21 +21,24 @@ from pathlib import Path
 import numpy as np
 from act_on_page import rl_steps  # this script's folder is on sys.path when it runs
 
-from collapsewatch.diagnostics.onset import ONSET_WINDOW
+from collapsewatch.diagnostics.onset import ONSET_FRACTION, moving_mean
+
+Curve = tuple[np.ndarray, np.ndarray]  # (steps, 5-step success mean over the onset line)
 
 
-def relative_success(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, 5-step success mean over the onset line at that step: half the running peak)."""
+def relative_success(run_dir: Path) -> Curve:
+    """The onset definition's moving mean over its line (ONSET_FRACTION of the running peak):
+    below 1.0 is below the line."""
     steps = rl_steps(run_dir)
-    mean = steps["success/rate"].rolling(ONSET_WINDOW).mean().to_numpy(dtype=float)
-    line = 0.5 * np.fmax.accumulate(np.nan_to_num(mean, nan=0.0))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return steps["step"].to_numpy(), np.where(line > 0, mean / line, np.nan)
+    mean = moving_mean(steps["step"], steps["success/rate"])
+    line = ONSET_FRACTION * mean.cummax()
+    rel = (mean / line.where(line > 0)).reindex(steps["step"])
+    return steps["step"].to_numpy(), rel.to_numpy(dtype=float)
 
 
-def closest_approach(arm: dict) -> dict:
+def closest_approach(arm: dict, curve: Curve) -> dict:
     """The lowest point after the fork (as a share of the line) and the steps spent below it."""
-    steps, rel = relative_success(Path(arm["run"]))
+    steps, rel = curve
     after = steps > arm["fork"]
     below = int(np.sum(after & (rel < 1.0)))
     if not np.isfinite(rel[after]).any():  # fewer than 5 steps: no 5-step mean yet
@@ -52,11 +55,12 @@ def median(values: list[float]) -> float | None:
     return round(float(np.median(values)), 4) if values else None
 
 
-def summarise_arms(results: list[dict]) -> dict:
+def summarise_arms(results: list[dict], curves: dict[str, Curve]) -> dict:
     by_arm: dict[str, list[dict]] = {}
     for result in results:
         for arm in result["arms"]:
-            by_arm.setdefault(arm["arm"], []).append({**arm, **closest_approach(arm), "seed": result["seed"]})
+            near = closest_approach(arm, curves[arm["run"]])
+            by_arm.setdefault(arm["arm"], []).append({**arm, **near, "seed": result["seed"]})
     out = {}
     for name, arms in by_arm.items():
         out[name] = {
@@ -92,7 +96,7 @@ def paired(results: list[dict], a: str, b: str) -> dict:
     }
 
 
-def plot(results: list[dict], path: Path) -> Path:
+def plot(results: list[dict], curves: dict[str, Curve], path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,7 +110,7 @@ def plot(results: list[dict], path: Path) -> Path:
             for arm in result["arms"]:
                 if arm["arm"] != name:
                     continue
-                steps, rel = relative_success(Path(arm["run"]))
+                steps, rel = curves[arm["run"]]
                 keep = steps >= arm["fork"] - 5
                 ax.plot(steps[keep] - arm["fork"], rel[keep], lw=1, label=f"s{result['seed']}")
         ax.axhline(1.0, color="black", ls="--", lw=1)
@@ -125,12 +129,20 @@ def main() -> int:
     ap.add_argument("--plot", type=Path, default=None, metavar="PNG")
     args = ap.parse_args()
     results = [json.loads(p.read_text()) for p in args.results]
+    strays = [
+        str(p) for p, r in zip(args.results, results, strict=True) if r.get("benchmark") != "act_on_page"
+    ]
+    if strays:
+        raise SystemExit(f"error: not an act_on_page.py result: {', '.join(strays)}")
+    curves = {
+        arm["run"]: relative_success(Path(arm["run"])) for r in results for arm in r["arms"]
+    }  # read once
     out: dict = {"benchmark": "act_on_page_summary", "seeds": [r["seed"] for r in results]}
-    out["arms"] = summarise_arms(results)
+    out["arms"] = summarise_arms(results, curves)
     if args.pair:
         out["pair"] = paired(results, *args.pair)
     if args.plot:
-        out["plot"] = str(plot(results, args.plot))
+        out["plot"] = str(plot(results, curves, args.plot))
     print(json.dumps(out))
     return 0
 
