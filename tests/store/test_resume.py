@@ -55,7 +55,10 @@ def test_resume_keeps_run_json_and_reads_each_step_once(tmp_path: Path) -> None:
     assert (seqs.query("step <= 3")["reward"] == 1.0).all() and (
         seqs.query("step >= 4")["reward"] == 2.0
     ).all()
-    assert run.steps()["step"].tolist() == list(range(1, 9))
+    scalars = run.scalars()
+    assert (
+        scalars["step"].tolist() == list(range(1, 9)) and (scalars.query("step >= 4")["value"] == 2.0).all()
+    )
     # DuckDB over the table's own glob sees the same (superseded/ lies outside it)
     count = duckdb.sql(f"select count(*) from read_parquet('{tmp_path}/r/sequences/rank=*/*.parquet')")
     assert count.fetchall() == [(8 * 4,)]
