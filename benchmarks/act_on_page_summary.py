@@ -4,7 +4,8 @@ Reads the JSON objects `act_on_page.py` prints last (one file per seed) and each
 arm: runs that end below the onset line, runs with an onset (the issue's definition, over the
 whole run), the lowest 5-step success mean after the fork as a share of the onset line then (1.0
 is on the line), steps below the line after the fork, and medians of the end figures.
-`--pair A B` adds, per seed, A's success over the last 10 steps minus B's (item 43's d).
+`--pair A B` adds, per seed, A's success over the last 10 steps minus B's (item 43's d). A seed's
+arms may come from several files (item 44 adds one to item 42's seeds).
 `--plot` draws every seed's 5-step success over the onset line, one panel per arm, from its fork.
 Prints one JSON object.
 
@@ -122,6 +123,20 @@ def plot(results: list[dict], curves: dict[str, Curve], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def by_seed(results: list[dict]) -> list[dict]:
+    """One result per seed, its arms gathered from every file that has them (a later item may add
+    an arm to an earlier item's seeds); the same arm twice for a seed is an error."""
+    seeds: dict[int, dict] = {}
+    for result in results:
+        seed = seeds.setdefault(result["seed"], {"seed": result["seed"], "arms": []})
+        names = {arm["arm"] for arm in seed["arms"]}
+        for arm in result["arms"]:
+            if arm["arm"] in names:
+                raise SystemExit(f"error: seed {result['seed']} has arm {arm['arm']!r} twice")
+            seed["arms"].append(arm)
+    return list(seeds.values())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", nargs="+", type=Path, help="act_on_page.py JSON outputs, one per seed")
@@ -134,6 +149,7 @@ def main() -> int:
     ]
     if strays:
         raise SystemExit(f"error: not an act_on_page.py result: {', '.join(strays)}")
+    results = by_seed(results)
     curves = {
         arm["run"]: relative_success(Path(arm["run"])) for r in results for arm in r["arms"]
     }  # read once
