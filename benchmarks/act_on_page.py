@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 import collapsewatch as cw
-from collapsewatch.diagnostics.onset import ONSET_WINDOW
+from collapsewatch.diagnostics.onset import ONSET_FRACTION, ONSET_WINDOW
 from collapsewatch.trainer.report import summarise
 
 _ARM = re.compile(r"^(?P<name>[\w.-]+)@(?P<step>\d+)(?::(?P<sets>.+))?$")
@@ -108,7 +108,7 @@ def outcome(run_dir: Path, arm: Arm) -> dict:
     return {
         "arm": arm.name, "fork": arm.fork, "sets": list(arm.sets), "run": str(run_dir), "steps": row["steps"],
         "onset": row["onset"], "peak_ma5": round(peak, 4), "ma5_at_end": round(end, 4),
-        "below_line_at_end": bool(end < 0.5 * peak), "success_last10": round(row["last10"], 4),
+        "below_line_at_end": bool(end < ONSET_FRACTION * peak), "success_last10": round(row["last10"], 4),
         "broken_last5": round(row["last5_text_pollution"] + row["last5_full_collapse"], 4),
     }  # fmt: skip
 

@@ -27,6 +27,11 @@ def moving_mean(
     return s[np.isfinite(s.to_numpy())].rolling(window, min_periods=window).mean()
 
 
+def onset_line(mean: pd.Series, frac: float = ONSET_FRACTION) -> pd.Series:
+    """The line a collapse crosses at each step: `frac` of the moving mean's running peak."""
+    return frac * mean.cummax()
+
+
 def collapse_onset(
     steps: Sequence[int] | np.ndarray,
     success: Sequence[float] | np.ndarray,
@@ -38,8 +43,8 @@ def collapse_onset(
     mean = moving_mean(steps, success, window)
     if len(mean) < window + run - 1:
         return None
-    peak = mean.cummax()
-    below = (mean < frac * peak) & (peak > 0)
+    line = onset_line(mean, frac)
+    below = (mean < line) & (line > 0)
     streak = 0
     for i, b in enumerate(below.to_numpy()):
         streak = streak + 1 if b else 0
