@@ -22,17 +22,16 @@ from pathlib import Path
 import numpy as np
 from act_on_page import rl_steps  # this script's folder is on sys.path when it runs
 
-from collapsewatch.diagnostics.onset import ONSET_FRACTION, moving_mean
+from collapsewatch.diagnostics.onset import moving_mean, onset_line
 
 Curve = tuple[np.ndarray, np.ndarray]  # (steps, 5-step success mean over the onset line)
 
 
 def relative_success(run_dir: Path) -> Curve:
-    """The onset definition's moving mean over its line (ONSET_FRACTION of the running peak):
-    below 1.0 is below the line."""
+    """The onset definition's moving mean over its line: below 1.0 is below the line."""
     steps = rl_steps(run_dir)
     mean = moving_mean(steps["step"], steps["success/rate"])
-    line = ONSET_FRACTION * mean.cummax()
+    line = onset_line(mean)
     rel = (mean / line.where(line > 0)).reindex(steps["step"])
     return steps["step"].to_numpy(), rel.to_numpy(dtype=float)
 
@@ -56,14 +55,19 @@ def median(values: list[float]) -> float | None:
     return round(float(np.median(values)), 4) if values else None
 
 
-def summarise_arms(results: list[dict], curves: dict[str, Curve]) -> dict:
+def arms_by_name(results: list[dict]) -> dict[str, list[dict]]:
+    """Each arm's runs over the seeds, in the order the arms first appear; each carries its seed."""
     by_arm: dict[str, list[dict]] = {}
     for result in results:
         for arm in result["arms"]:
-            near = closest_approach(arm, curves[arm["run"]])
-            by_arm.setdefault(arm["arm"], []).append({**arm, **near, "seed": result["seed"]})
+            by_arm.setdefault(arm["arm"], []).append({**arm, "seed": result["seed"]})
+    return by_arm
+
+
+def summarise_arms(by_arm: dict[str, list[dict]], curves: dict[str, Curve]) -> dict:
     out = {}
-    for name, arms in by_arm.items():
+    for name, runs in by_arm.items():
+        arms = [{**arm, **closest_approach(arm, curves[arm["run"]])} for arm in runs]
         out[name] = {
             "seeds": [a["seed"] for a in arms],
             "below_line_at_end": sum(a["below_line_at_end"] for a in arms),
@@ -97,23 +101,19 @@ def paired(results: list[dict], a: str, b: str) -> dict:
     }
 
 
-def plot(results: list[dict], curves: dict[str, Curve], path: Path) -> Path:
+def plot(by_arm: dict[str, list[dict]], curves: dict[str, Curve], path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from detection_eval import save_figure
 
-    names = list(dict.fromkeys(arm["arm"] for r in results for arm in r["arms"]))
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), sharey=True, squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
-        for result in results:
-            for arm in result["arms"]:
-                if arm["arm"] != name:
-                    continue
-                steps, rel = curves[arm["run"]]
-                keep = steps >= arm["fork"] - 5
-                ax.plot(steps[keep] - arm["fork"], rel[keep], lw=1, label=f"s{result['seed']}")
+    fig, axes = plt.subplots(1, len(by_arm), figsize=(4.2 * len(by_arm), 3.6), sharey=True, squeeze=False)
+    for ax, (name, arms) in zip(axes[0], by_arm.items(), strict=True):
+        for arm in arms:
+            steps, rel = curves[arm["run"]]
+            keep = steps >= arm["fork"] - 5
+            ax.plot(steps[keep] - arm["fork"], rel[keep], lw=1, label=f"s{arm['seed']}")
         ax.axhline(1.0, color="black", ls="--", lw=1)
         ax.axvline(0, color="grey", ls=":", lw=1)
         ax.set_title(name, fontsize=10)
@@ -154,11 +154,12 @@ def main() -> int:
         arm["run"]: relative_success(Path(arm["run"])) for r in results for arm in r["arms"]
     }  # read once
     out: dict = {"benchmark": "act_on_page_summary", "seeds": [r["seed"] for r in results]}
-    out["arms"] = summarise_arms(results, curves)
+    by_arm = arms_by_name(results)
+    out["arms"] = summarise_arms(by_arm, curves)
     if args.pair:
         out["pair"] = paired(results, *args.pair)
     if args.plot:
-        out["plot"] = str(plot(results, curves, args.plot))
+        out["plot"] = str(plot(by_arm, curves, args.plot))
     print(json.dumps(out))
     return 0
 
