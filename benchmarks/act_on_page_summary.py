@@ -4,8 +4,8 @@ Reads the JSON objects `act_on_page.py` prints last (one file per seed) and each
 arm: runs that end below the onset line, runs with an onset (the issue's definition, over the
 whole run), the lowest 5-step success mean after the fork as a share of the onset line then (1.0
 is on the line), steps below the line after the fork, and medians of the end figures.
-`--pair A B` adds, per seed, A's success over the last 10 steps minus B's (item 43's d). A seed's
-arms may come from several files (item 44 adds one to item 42's seeds).
+`--pair A B` adds, per seed, A's success over the last 10 steps minus B's (item 43's d); it may be
+given more than once. A seed's arms may come from several files (item 44 adds one to item 42's seeds).
 `--plot` draws every seed's 5-step success over the onset line, one panel per arm, from its fork.
 Prints one JSON object.
 
@@ -140,7 +140,7 @@ def by_seed(results: list[dict]) -> list[dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", nargs="+", type=Path, help="act_on_page.py JSON outputs, one per seed")
-    ap.add_argument("--pair", nargs=2, metavar=("A", "B"), default=None)
+    ap.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"))
     ap.add_argument("--plot", type=Path, default=None, metavar="PNG")
     args = ap.parse_args()
     results = [json.loads(p.read_text()) for p in args.results]
@@ -157,7 +157,7 @@ def main() -> int:
     by_arm = arms_by_name(results)
     out["arms"] = summarise_arms(by_arm, curves)
     if args.pair:
-        out["pair"] = paired(results, *args.pair)
+        out["pairs"] = [paired(results, a, b) for a, b in args.pair]
     if args.plot:
         out["plot"] = str(plot(by_arm, curves, args.plot))
     print(json.dumps(out))

@@ -69,7 +69,7 @@ def test_forks_a_run_and_continues_each_arm_with_its_own_settings(tmp_path, cach
         assert summary["arms"][name]["with_onset"] == int(arm["onset"] is not None)
         assert len(summary["arms"][name]["steps_below_after_fork"]) == 1
     d = arms["sft"]["success_last10"] - arms["none"]["success_last10"]
-    assert summary["pair"]["d"] == {"3": pytest.approx(d, abs=1e-4)}
+    assert summary["pairs"][0]["d"] == {"3": pytest.approx(d, abs=1e-4)}
     assert (tmp_path / "pooled.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a seed's arms may come from two files (a later item adds an arm); the same arm twice is refused
     # (tails set apart here, since the tiny arms tie at 0: d must be A minus B, from both files)
@@ -77,9 +77,9 @@ def test_forks_a_run_and_continues_each_arm_with_its_own_settings(tmp_path, cach
         arm = {**arms[name], "success_last10": tail}
         (tmp_path / f"{name}.json").write_text(json.dumps({**result, "arms": [arm]}))
     split = _run(str(REPO / "benchmarks" / "act_on_page_summary.py"), str(tmp_path / "sft.json"),
-                 str(tmp_path / "none.json"), "--pair", "sft", "none")  # fmt: skip
+                 str(tmp_path / "none.json"), "--pair", "sft", "none", "--pair", "none", "sft")  # fmt: skip
     assert split.returncode == 0, split.stderr[-2000:]
-    assert json.loads(split.stdout)["pair"]["d"] == {"3": 0.5}
+    assert [p["d"] for p in json.loads(split.stdout)["pairs"]] == [{"3": 0.5}, {"3": -0.5}]
     assert json.loads(split.stdout)["seeds"] == [3]
     twice = _run(str(REPO / "benchmarks" / "act_on_page_summary.py"), str(tmp_path / "s3.json"),
                  str(tmp_path / "sft.json"))  # fmt: skip
