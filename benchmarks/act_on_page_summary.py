@@ -108,8 +108,13 @@ def plot(by_arm: dict[str, list[dict]], curves: dict[str, Curve], path: Path) ->
     import matplotlib.pyplot as plt
     from detection_eval import save_figure
 
-    fig, axes = plt.subplots(1, len(by_arm), figsize=(4.2 * len(by_arm), 3.6), sharey=True, squeeze=False)
-    for ax, (name, arms) in zip(axes[0], by_arm.items(), strict=True):
+    rows = -(-len(by_arm) // 4)  # at most four panels a row
+    cols = -(-len(by_arm) // rows)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), sharey=True, squeeze=False)
+    panels = axes.ravel()
+    for ax in panels[len(by_arm) :]:
+        ax.set_visible(False)
+    for ax, (name, arms) in zip(panels, by_arm.items(), strict=False):
         for arm in arms:
             steps, rel = curves[arm["run"]]
             keep = steps >= arm["fork"] - 5
@@ -118,8 +123,9 @@ def plot(by_arm: dict[str, list[dict]], curves: dict[str, Curve], path: Path) ->
         ax.axvline(0, color="grey", ls=":", lw=1)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("steps after the fork")
-    axes[0][0].set_ylabel("5-step success / onset line")
-    axes[0][-1].legend(fontsize=6, ncol=2)
+    for row in axes:
+        row[0].set_ylabel("5-step success / onset line")
+    panels[len(by_arm) - 1].legend(fontsize=6, ncol=2)
     return save_figure(fig, path)
 
 
