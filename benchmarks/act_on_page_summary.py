@@ -107,6 +107,7 @@ def plot(by_arm: dict[str, list[dict]], curves: dict[str, Curve], path: Path) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from detection_eval import save_figure
+    from matplotlib.lines import Line2D
 
     rows = -(-len(by_arm) // 4)  # at most four panels a row
     cols = -(-len(by_arm) // rows)
@@ -114,18 +115,22 @@ def plot(by_arm: dict[str, list[dict]], curves: dict[str, Curve], path: Path) ->
     panels = axes.ravel()
     for ax in panels[len(by_arm) :]:
         ax.set_visible(False)
+    # one colour per seed in every panel, so a seed missing from one arm does not shift the others
+    seeds = list(dict.fromkeys(arm["seed"] for arms in by_arm.values() for arm in arms))
+    colour = {seed: f"C{i % 10}" for i, seed in enumerate(seeds)}
     for ax, (name, arms) in zip(panels, by_arm.items(), strict=False):
         for arm in arms:
             steps, rel = curves[arm["run"]]
             keep = steps >= arm["fork"] - 5
-            ax.plot(steps[keep] - arm["fork"], rel[keep], lw=1, label=f"s{arm['seed']}")
+            ax.plot(steps[keep] - arm["fork"], rel[keep], lw=1, color=colour[arm["seed"]])
         ax.axhline(1.0, color="black", ls="--", lw=1)
         ax.axvline(0, color="grey", ls=":", lw=1)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("steps after the fork")
     for row in axes:
         row[0].set_ylabel("5-step success / onset line")
-    panels[len(by_arm) - 1].legend(fontsize=6, ncol=2)
+    key = [Line2D([], [], color=colour[seed], lw=1, label=f"s{seed}") for seed in seeds]
+    panels[len(by_arm) - 1].legend(handles=key, fontsize=6, ncol=2)
     return save_figure(fig, path)
 
 
