@@ -82,7 +82,8 @@ class SuccessSlide(Detector):
         msg = (
             f"Task success ({c.peak_window}-step mean {fmt(mean)}) is below {c.slide_success_drop:.0%} of its "
             f"peak {fmt(peak)}{entropy_part}, for {self.consecutive} steps: a collapse that loses success "
-            "before its format breaks. Likely fix: stop or roll back, lower the learning rate, and add supervision."
+            "before its format breaks. Likely fix: lower the learning rate and add supervision (a rollback "
+            "alone does not stop it)."
         )
         a = self.emit(f, "warning", msg, mean, peak, entropy=entropy_now, entropy_warmup=entropy_warm)
         return [a] if a else []

@@ -50,17 +50,20 @@ _SAME_SIGNAL = {"slide": "outcome"}
 # Families that can only gate a page (be required), never count towards `verdict_min_families`: the
 # learning signal thins in supervised runs that hold as well (docs/detection.md, item 22).
 _GATE_ONLY = {"signal"}
+# What acting on a page measured on the bundled trainer (docs/detection.md, items 42-48): supervision
+# brought collapses back from any point, a lower learning rate until about the onset, and a rollback to
+# an earlier checkpoint with the same settings collapsed again
 _ACT = (
-    "Act now: stop or roll back to the last good checkpoint, lower the learning rate, and add supervision "
-    "(interleaved SFT or expert rollouts)."
+    "Act now: lower the learning rate and add supervision (interleaved SFT or expert rollouts); a rollback "
+    "to an earlier checkpoint with the same settings collapsed again on the bundled trainer."
 )
 # In a run that logs an SFT loss the page asks for a few steps' patience first: on the bundled trainer 18
 # of the 23 pages of SFT-supervised runs came in runs that never crossed the onset line, during format
 # excursions the SFT then (mostly) repaired (docs/detection.md, rounds 16-24)
 _ACT_UNDER_SFT = (
     "The run logs an SFT loss, and most pages of SFT-supervised runs on the bundled trainer came in runs "
-    "whose SFT then repaired the format: if the broken share does not fall within 3-4 steps, stop or roll "
-    "back to the last good checkpoint, lower the learning rate, and strengthen the SFT."
+    "whose SFT then repaired the format: if the broken share does not fall within 3-4 steps, lower the "
+    "learning rate and strengthen the SFT."
 )
 
 
