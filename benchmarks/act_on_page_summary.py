@@ -84,13 +84,14 @@ def summarise_arms(by_arm: dict[str, list[dict]], curves: dict[str, Curve]) -> d
     return out
 
 
-def paired(results: list[dict], a: str, b: str) -> dict:
-    """Per seed, arm a's success over the last 10 steps minus arm b's."""
-    d = {}
-    for result in results:
-        arms = {arm["arm"]: arm for arm in result["arms"]}
-        if a in arms and b in arms:
-            d[result["seed"]] = round(arms[a]["success_last10"] - arms[b]["success_last10"], 4)
+def paired(by_arm: dict[str, list[dict]], a: str, b: str) -> dict:
+    """Per seed that has both arms, arm a's success over the last 10 steps minus arm b's."""
+    tail_b = {arm["seed"]: arm["success_last10"] for arm in by_arm.get(b, [])}
+    d = {
+        arm["seed"]: round(arm["success_last10"] - tail_b[arm["seed"]], 4)
+        for arm in by_arm.get(a, [])
+        if arm["seed"] in tail_b
+    }
     values = list(d.values())
     return {
         "arms": [a, b],
@@ -168,7 +169,7 @@ def main() -> int:
     by_arm = arms_by_name(results)
     out["arms"] = summarise_arms(by_arm, curves)
     if args.pair:
-        out["pairs"] = [paired(results, a, b) for a, b in args.pair]
+        out["pairs"] = [paired(by_arm, a, b) for a, b in args.pair]
     if args.plot:
         out["plot"] = str(plot(by_arm, curves, args.plot))
     print(json.dumps(out))
