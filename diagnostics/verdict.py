@@ -50,7 +50,7 @@ _SAME_SIGNAL = {"slide": "outcome"}
 # Families that can only gate a page (be required), never count towards `verdict_min_families`: the
 # learning signal thins in supervised runs that hold as well (docs/detection.md, item 22).
 _GATE_ONLY = {"signal"}
-# What acting on a page measured on the bundled trainer (docs/detection.md, items 42-48): supervision
+# What acting on a page measured on the bundled trainer (docs/detection.md, items 42-49): supervision
 # brought collapses back from any point, a lower learning rate until about the onset, and a rollback to
 # an earlier checkpoint with the same settings collapsed again
 _ACT = (

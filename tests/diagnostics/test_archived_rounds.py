@@ -55,7 +55,7 @@ def test_a_page_in_an_sft_run_asks_for_patience_first():
     plain = _pages("r23/collapse-s120.parquet", {})[0]
     assert plain.evidence["sft_supervised"] is False
     assert "Act now" in plain.message and "SFT loss" not in plain.message
-    # the fixes that measured (items 42-48 of docs/detection.md) lead; a bare rollback is named as no remedy
+    # the fixes that measured (items 42-49 of docs/detection.md) lead; a bare rollback is named as no remedy
     assert "Act now: lower the learning rate and add supervision" in plain.message
     assert "rollback" in plain.message and "collapsed again" in plain.message
     # the family count stays in the evidence; the message gives no percentage that reads as a probability
