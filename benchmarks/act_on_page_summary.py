@@ -167,6 +167,9 @@ def main() -> int:
     }  # read once
     out: dict = {"benchmark": "act_on_page_summary", "seeds": [r["seed"] for r in results]}
     by_arm = arms_by_name(results)
+    unknown = sorted({name for pair in args.pair for name in pair} - set(by_arm))
+    if unknown:  # a misspelt arm would give an empty difference, not an error
+        raise SystemExit(f"error: --pair names no arm of these results: {', '.join(unknown)}")
     out["arms"] = summarise_arms(by_arm, curves)
     if args.pair:
         out["pairs"] = [paired(by_arm, a, b) for a, b in args.pair]

@@ -84,6 +84,9 @@ def test_forks_a_run_and_continues_each_arm_with_its_own_settings(tmp_path, cach
     twice = _run(str(REPO / "benchmarks" / "act_on_page_summary.py"), str(tmp_path / "s3.json"),
                  str(tmp_path / "sft.json"))  # fmt: skip
     assert twice.returncode != 0 and "arm 'sft' twice" in twice.stderr
+    typo = _run(str(REPO / "benchmarks" / "act_on_page_summary.py"), str(tmp_path / "s3.json"),
+                "--pair", "sft", "non")  # fmt: skip
+    assert typo.returncode != 0 and "names no arm of these results: non" in typo.stderr
     # a second call reuses every finished run
     again = _run(str(REPO / "benchmarks" / "act_on_page.py"), "--out", str(tmp_path / "act"), "--seed", "3",
                  "--steps", "4", "--arm", "none@2", "--plot", str(tmp_path / "arms.png"), *tiny)  # fmt: skip
